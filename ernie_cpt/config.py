@@ -1,0 +1,321 @@
+"""Typed run configuration: YAML (safe_load) into one frozen dataclass per component.
+
+Each component (model, tokenizer, data, tasks, schedule, train, logging) receives only
+its own section. Unknown keys are errors with a "did you mean" hint; ``--set a.b=value``
+overrides any key, the value parsed as YAML.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import typing
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used, with a message meant for the user."""
+
+
+def did_you_mean(name: str, choices: Iterable[str]) -> str:
+    """Return ' (did you mean "x"?)' for the closest choice, or '' if none is close."""
+    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
+    return f' (did you mean "{close[0]}"?)' if close else ""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Encoder shape (ErnieConfig fields) or a local checkpoint to start from."""
+
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    max_position_embeddings: int = 512
+    task_type_vocab_size: int = 16
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    hidden_act: str = "gelu"
+    attn_implementation: str = "sdpa"
+    # A local directory holding a BERT or ERNIE checkpoint (config.json + safetensors).
+    init_from: str | None = None
+
+
+@dataclass(frozen=True)
+class TokenizerConfig:
+    """A local fast tokenizer directory, or the settings of one trained on the corpus."""
+
+    path: str | None = None
+    vocab_size: int = 8000
+    min_frequency: int = 2
+    lowercase: bool = True
+    # Documents used to train the tokenizer (None = all).
+    max_training_documents: int | None = None
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the corpus comes from and how documents are cut into examples."""
+
+    # A file, a folder, a save_to_disk folder, "builtin:wikipedia-sample" or a hub name.
+    corpus: str = "builtin:wikipedia-sample"
+    # json | csv | parquet | text | arrow; None = guess from the file suffix.
+    format: str | None = None
+    split: str = "train"
+    text_field: str = "text"
+    title_field: str = "title"
+    id_field: str = "id"
+    # For plain text files: "document" = one document per file, "paragraph" = blank-line
+    # separated blocks are documents, "line" = each line is a document.
+    text_sample_by: str = "document"
+    max_documents: int | None = None
+    # Documents whose hash falls under this fraction form the held-out split.
+    heldout_fraction: float = 0.05
+    max_seq_length: int = 128
+    # Longer sentences are cut at whitespace into pieces of at most this many characters.
+    max_sentence_chars: int = 2000
+    # Longer documents are skipped (and counted) before sentence splitting.
+    max_document_chars: int = 5_000_000
+    num_proc: int = 1
+    # Where prepared datasets are cached (None = <output-dir>/../.cache or ~/.cache).
+    cache_dir: str | None = None
+    seed: int = 1234
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    """How tasks are combined over time (see ``schedules``)."""
+
+    # cmtl | continual | multitask | pairwise | custom
+    kind: str = "cmtl"
+    iterations_per_task: int = 1000
+    # For kind=custom: a list of stages, each {name, budgets: {task: steps}, ...}.
+    stages: list[dict[str, Any]] | None = None
+    sampling: str = "remaining_budget"
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation, DeepSpeed and checkpointing settings."""
+
+    micro_batch_size: int = 32
+    gradient_accumulation_steps: int = 1
+    lr: float = 1e-4
+    min_lr: float = 0.0
+    warmup_steps: int = 100
+    # linear | cosine | constant (after warm-up)
+    lr_decay: str = "linear"
+    weight_decay: float = 0.01
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.98
+    adam_eps: float = 1e-6
+    gradient_clipping: float = 1.0
+    zero_stage: int = 0
+    # fp32 | bf16 | fp16 (fp16 needs a GPU)
+    precision: str = "fp32"
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 3
+    eval_every: int = 0
+    eval_batches: int = 8
+    log_every: int = 1
+    seed: int = 42
+    # One forward per step for one sentence-level task plus every active token-level task.
+    combine_token_tasks: bool = True
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    """Weights & Biases settings; the API key is never part of the config."""
+
+    # offline | online | disabled
+    wandb_mode: str = "offline"
+    project: str = "ernie-cpt"
+    entity: str | None = None
+    run_name: str | None = None
+    group: str | None = None
+    job_type: str | None = None
+    tags: list[str] = field(default_factory=list)
+    progress_bar: bool = True
+
+
+SECTIONS: dict[str, type] = {
+    "model": ModelConfig,
+    "tokenizer": TokenizerConfig,
+    "data": DataConfig,
+    "schedule": ScheduleConfig,
+    "train": TrainConfig,
+    "logging": LoggingConfig,
+}
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """The whole run. ``tasks`` maps task name -> its options, in introduction order."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    tasks: dict[str, dict[str, Any]] = field(default_factory=lambda: {"mlm": {}})
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain, JSON/YAML-serialisable dict of the whole config."""
+        return dataclasses.asdict(self)
+
+    def fingerprint(self, keys: Iterable[str] | None = None) -> str:
+        """A short stable hash of the config, or of the listed dotted keys only."""
+        flat = flatten(self.to_dict())
+        if keys is not None:
+            flat = {k: v for k, v in flat.items() if any(_under(k, p) for p in keys)}
+        text = json.dumps(flat, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _under(key: str, prefix: str) -> bool:
+    return key == prefix or key.startswith(prefix + ".")
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Flatten nested mappings into dotted keys: {"a": {"b": 1}} -> {"a.b": 1}."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            out.update(flatten(value, dotted + "."))
+        else:
+            out[dotted] = value
+    return out
+
+
+def _coerce(value: Any, annotation: Any, where: str) -> Any:
+    """Check/convert one YAML value against a dataclass field annotation."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], where)
+    if annotation is Any:
+        return value
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected true/false, got {value!r}")
+    if annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"{where}: expected an integer, got {value!r}")
+    if annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{where}: expected a number, got {value!r}")
+    if annotation is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{where}: expected a string, got {value!r}")
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return [_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)] if args else value
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
+    return value
+
+
+def build_dataclass(cls: type, values: Mapping[str, Any] | None, where: str) -> Any:
+    """Build dataclass ``cls`` from a mapping; unknown keys raise with a suggestion."""
+    values = dict(values or {})
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {values!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    for key in values:
+        if key not in fields:
+            raise ConfigError(f"unknown key {where}.{key}{did_you_mean(key, fields)}")
+    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in values.items()}
+    return cls(**kwargs)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Parse ``section.key=value``; the value is YAML (``1e-4``, ``[a, b]``, ``null``)."""
+    if "=" not in text:
+        raise ConfigError(f"--set expects key=value, got {text!r}")
+    key, raw = text.split("=", 1)
+    path = [p for p in key.strip().split(".") if p]
+    if not path:
+        raise ConfigError(f"--set has an empty key: {text!r}")
+    return path, yaml.safe_load(raw) if raw.strip() else ""
+
+
+def apply_overrides(tree: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
+    """Return a copy of ``tree`` with each ``a.b.c=value`` override set."""
+    tree = json.loads(json.dumps(tree, default=str))
+    for text in overrides:
+        path, value = parse_override(text)
+        node = tree
+        for part in path[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {text}: {part!r} is not a section")
+            node = child
+        node[path[-1]] = value
+    return tree
+
+
+def config_from_dict(tree: Mapping[str, Any]) -> RunConfig:
+    """Validate a raw mapping and build the typed RunConfig."""
+    tree = dict(tree or {})
+    known = [*SECTIONS, "tasks"]
+    for key in tree:
+        if key not in known:
+            raise ConfigError(f"unknown section {key!r}{did_you_mean(key, known)}")
+    sections = {name: build_dataclass(cls, tree.get(name), name) for name, cls in SECTIONS.items()}
+    tasks = tree.get("tasks", {"mlm": {}})
+    if isinstance(tasks, list):  # a bare list of names is accepted too
+        tasks = {name: {} for name in tasks}
+    if not isinstance(tasks, Mapping) or not tasks:
+        raise ConfigError("tasks: expected a non-empty mapping of task name -> options")
+    tasks = {str(k): dict(v or {}) for k, v in tasks.items()}
+    return RunConfig(tasks=tasks, **sections)
+
+
+def load_config(path: str | Path | None, overrides: Iterable[str] = ()) -> RunConfig:
+    """Read a YAML config (``yaml.safe_load``), apply ``--set`` overrides, validate."""
+    tree: dict[str, Any] = {}
+    if path is not None:
+        text = Path(path).read_text(encoding="utf-8")
+        loaded = yaml.safe_load(text)
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping")
+        tree = loaded or {}
+    return config_from_dict(apply_overrides(tree, overrides))
+
+
+def save_config(config: RunConfig, path: str | Path) -> None:
+    """Write the resolved config as YAML (it holds no secrets: there is no key field)."""
+    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), encoding="utf-8")
+
+
+def diff_configs(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """List dotted keys whose values differ between two flattened config dicts."""
+    a, b = flatten(old), flatten(new)
+    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
