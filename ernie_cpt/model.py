@@ -1,0 +1,167 @@
+"""The model: one shared ERNIE encoder (transformers' ErnieModel with a task embedding) and
+one small head per task in an ``nn.ModuleDict``.
+
+Nothing here knows of DeepSpeed, ranks or logging. Heads that declare
+``tie_to_word_embeddings`` share their decoder weight with the word embeddings.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from transformers import ErnieConfig, ErnieModel
+
+from ernie_cpt.config import ModelConfig
+from pretrain_tasks.base import Encoded
+
+log = logging.getLogger(__name__)
+
+# Checkpoint key prefixes of task-model wrappers (BertForMaskedLM, ErnieForPreTraining, ...).
+ENCODER_PREFIXES = ("bert.", "ernie.", "encoder_model.")
+
+
+def encoder_config(model: ModelConfig, vocab_size: int, pad_token_id: int) -> ErnieConfig:
+    """An ErnieConfig with the task embedding on, from our model section."""
+    config = ErnieConfig(
+        vocab_size=vocab_size,
+        hidden_size=model.hidden_size,
+        num_hidden_layers=model.num_hidden_layers,
+        num_attention_heads=model.num_attention_heads,
+        intermediate_size=model.intermediate_size,
+        max_position_embeddings=model.max_position_embeddings,
+        hidden_dropout_prob=model.hidden_dropout_prob,
+        attention_probs_dropout_prob=model.attention_probs_dropout_prob,
+        hidden_act=model.hidden_act,
+        pad_token_id=pad_token_id,
+        use_task_id=True,
+        task_type_vocab_size=model.task_type_vocab_size,
+    )
+    config._attn_implementation = model.attn_implementation
+    return config
+
+
+def config_from_checkpoint(path: Path, model: ModelConfig) -> ErnieConfig:
+    """Read a local BERT or ERNIE config.json as an ErnieConfig with the task embedding on."""
+    import json
+
+    raw = json.loads((path / "config.json").read_text())
+    if raw.get("model_type") not in ("bert", "ernie"):
+        raise ValueError(
+            f"{path}: init_from supports BERT or ERNIE checkpoints, got {raw.get('model_type')!r}"
+        )
+    keep = {
+        k: v
+        for k, v in raw.items()
+        if k not in ("model_type", "architectures", "transformers_version")
+    }
+    keep.update(
+        use_task_id=True,
+        task_type_vocab_size=max(model.task_type_vocab_size, raw.get("task_type_vocab_size", 0)),
+    )
+    config = ErnieConfig(**keep)
+    config._attn_implementation = model.attn_implementation
+    return config
+
+
+def load_encoder_weights(encoder: ErnieModel, path: Path) -> dict[str, list[str]]:
+    """Load BERT/ERNIE safetensors weights into ``encoder``; returns missing/unexpected keys."""
+    from safetensors.torch import load_file
+
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(
+            f"{path}: no *.safetensors weights (pickled weights are not loaded)"
+        )
+    state: dict[str, Tensor] = {}
+    for file in files:
+        state.update(load_file(str(file)))
+    renamed = {}
+    for key, value in state.items():
+        for prefix in ENCODER_PREFIXES:
+            if key.startswith(prefix):
+                key = key[len(prefix) :]
+                break
+        renamed[key] = value
+    own = encoder.state_dict()
+    usable = {k: v for k, v in renamed.items() if k in own and own[k].shape == v.shape}
+    result = encoder.load_state_dict(usable, strict=False)
+    missing = list(result.missing_keys)
+    unexpected = sorted(set(renamed) - set(usable))
+    if [k for k in missing if "task_type_embeddings" not in k]:
+        log.warning("init_from %s: encoder weights not found in checkpoint: %s", path, missing)
+    return {"missing": missing, "unexpected": unexpected}
+
+
+class MultiTaskModel(nn.Module):
+    """Shared encoder + per-task heads; ``forward`` returns the encoder outputs only."""
+
+    def __init__(self, encoder: ErnieModel, heads: Mapping[str, nn.Module]) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.heads = nn.ModuleDict(dict(heads))
+        self.tie_weights()
+
+    def tie_weights(self) -> None:
+        """Share the word-embedding matrix with every head that asks for it."""
+        for head in self.heads.values():
+            if getattr(head, "tie_to_word_embeddings", False):
+                head.decoder.weight = self.encoder.embeddings.word_embeddings.weight
+
+    def add_head(self, name: str, head: nn.Module) -> None:
+        """Add a task's head (a task introduced later)."""
+        self.heads[name] = head
+        self.tie_weights()
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        token_type_ids: Tensor,
+        task_type_ids: Tensor,
+    ) -> Encoded:
+        """Encode a batch: (B, T) ids -> sequence (B, T, H) and pooled (B, H) outputs."""
+        out = self.encoder(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            task_type_ids=task_type_ids,
+        )
+        return Encoded(out.last_hidden_state, out.pooler_output)
+
+
+def build_model(
+    model: ModelConfig, tasks: Mapping[str, Any], vocab_size: int, pad_token_id: int
+) -> MultiTaskModel:
+    """A fresh model, or one whose encoder starts from ``model.init_from``."""
+    if model.init_from:
+        path = Path(model.init_from)
+        config = config_from_checkpoint(path, model)
+        if config.vocab_size != vocab_size:
+            raise ValueError(
+                f"init_from {path}: vocabulary of {config.vocab_size} does not match the tokenizer's "
+                f"{vocab_size}; use the checkpoint's tokenizer (tokenizer.path)"
+            )
+        encoder = ErnieModel(config)
+        load_encoder_weights(encoder, path)
+    else:
+        encoder = ErnieModel(encoder_config(model, vocab_size, pad_token_id))
+    heads = {name: task.build_head(encoder.config) for name, task in tasks.items()}
+    return MultiTaskModel(encoder, heads)
+
+
+def grow_task_embeddings(model: MultiTaskModel, rows: int) -> None:
+    """Make room for at least ``rows`` task ids, keeping the trained rows."""
+    old = model.encoder.embeddings.task_type_embeddings
+    if old.num_embeddings >= rows:
+        return
+    new = nn.Embedding(rows, old.embedding_dim)
+    with torch.no_grad():
+        new.weight.normal_(0.0, model.encoder.config.initializer_range)
+        new.weight[: old.num_embeddings] = old.weight
+    model.encoder.embeddings.task_type_embeddings = new
+    model.encoder.config.task_type_vocab_size = rows

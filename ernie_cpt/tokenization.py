@@ -1,0 +1,104 @@
+"""Tokenizers: a local Hugging Face fast tokenizer, or an uncased WordPiece trained on the corpus.
+
+Trained tokenizers are cached under ``<cache>/tokenizers/<fingerprint>`` (fingerprint of the
+corpus and the tokenizer settings) and written atomically, so a second run reuses them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from ernie_cpt.config import TokenizerConfig
+
+SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def tokenizer_fingerprint(config: TokenizerConfig, corpus_fingerprint: str) -> str:
+    """Identity of the tokenizer a config yields on a corpus."""
+    if config.path is not None:
+        files = sorted(p for p in Path(config.path).iterdir() if p.is_file())
+        digest = hashlib.sha256()
+        for f in files:
+            digest.update(f.name.encode())
+            digest.update(hashlib.sha256(f.read_bytes()).digest())
+        return "local-" + digest.hexdigest()[:16]
+    text = json.dumps({"settings": asdict(config), "corpus": corpus_fingerprint}, sort_keys=True)
+    return "wordpiece-" + hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def load_tokenizer(path: str | Path) -> Any:
+    """Load a local fast tokenizer directory (never remote code); refuse slow tokenizers."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(
+        str(path), trust_remote_code=False, local_files_only=True
+    )
+    if not tokenizer.is_fast:
+        raise ValueError(f"{path}: a fast tokenizer is required (offset mappings, word ids)")
+    for token in ("cls_token", "sep_token", "pad_token", "mask_token"):
+        if getattr(tokenizer, token) is None:
+            raise ValueError(
+                f"{path}: the tokenizer has no {token}; BERT-style specials are needed"
+            )
+    return tokenizer
+
+
+def train_wordpiece(texts: Iterable[str], config: TokenizerConfig, out_dir: Path) -> Any:
+    """Train a BERT-style WordPiece tokenizer and save it as a transformers fast tokenizer."""
+    from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers, processors
+    from tokenizers.models import WordPiece
+    from tokenizers.trainers import WordPieceTrainer
+    from transformers import BertTokenizerFast
+
+    tokenizer = Tokenizer(WordPiece(unk_token="[UNK]"))
+    tokenizer.normalizer = normalizers.BertNormalizer(
+        clean_text=True, handle_chinese_chars=True, strip_accents=None, lowercase=config.lowercase
+    )
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tokenizer.decoder = decoders.WordPiece(prefix="##")
+    trainer = WordPieceTrainer(
+        vocab_size=config.vocab_size,
+        min_frequency=config.min_frequency,
+        special_tokens=SPECIAL_TOKENS,
+    )
+    tokenizer.train_from_iterator(texts, trainer=trainer)
+    cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="[CLS]:0 $A:0 [SEP]:0",
+        pair="[CLS]:0 $A:0 [SEP]:0 $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
+    )
+    fast = BertTokenizerFast(tokenizer_object=tokenizer, do_lower_case=config.lowercase)
+    fast.model_input_names = ["input_ids", "token_type_ids", "attention_mask"]
+    fast.save_pretrained(str(out_dir))
+    return fast
+
+
+def load_or_train_tokenizer(
+    config: TokenizerConfig,
+    texts: Iterable[str] | Iterator[str],
+    cache_dir: Path,
+    corpus_fingerprint: str,
+) -> tuple[Any, str]:
+    """Return (tokenizer, fingerprint): the local one, the cached one, or a newly trained one."""
+    fingerprint = tokenizer_fingerprint(config, corpus_fingerprint)
+    if config.path is not None:
+        return load_tokenizer(config.path), fingerprint
+    target = Path(cache_dir) / "tokenizers" / fingerprint
+    if not (target / "tokenizer.json").exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
+        try:
+            train_wordpiece(texts, config, tmp)
+            os.replace(tmp, target) if not target.exists() else shutil.rmtree(tmp)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return load_tokenizer(target), fingerprint

@@ -1,0 +1,280 @@
+"""The contract every pre-training task implements, and the helpers tasks share.
+
+A task is a data builder plus a head and a loss (fairseq's task + criterion in one small
+class). Pure, seeded helpers come first; the Protocol last. Tasks know nothing of
+schedules, ranks or DeepSpeed.
+
+Example columns shared by all tasks: ``input_ids``, ``token_type_ids`` and ``word_starts``
+(1 on the first sub-token of each word, 0 elsewhere and on special tokens), so token-level
+tasks can attach their labels to any task's batch (the paper's one-forward multi-task step).
+Task-specific columns are prefixed with the task name, e.g. ``sentence_distance_label``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar, NamedTuple, Protocol, runtime_checkable
+
+import torch
+from torch import Tensor, nn
+
+IGNORE_INDEX = -100
+FAMILIES = ("baseline", "word-aware", "structure-aware", "semantic-aware")
+LEVELS = ("token", "sentence")
+
+
+class SkipDocument(Exception):
+    """Raised by ``build_examples`` when a document cannot give examples; the reason is counted."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class Encoded(NamedTuple):
+    """What the shared encoder gives the heads."""
+
+    sequence_output: Tensor  # (B, T, H)
+    pooled_output: Tensor  # (B, H)
+
+
+@dataclass(frozen=True)
+class TaskLoss:
+    """A loss summed over ``sample_size`` samples, plus summable statistics for metrics."""
+
+    loss_sum: Tensor
+    sample_size: Tensor
+    stats: dict[str, Tensor]
+
+    def mean(self) -> Tensor:
+        """Loss per sample (0 when the batch holds no sample of this task)."""
+        return self.loss_sum / self.sample_size.clamp(min=1)
+
+
+class CorpusView(Protocol):
+    """Corpus-wide facts a builder may use besides its own document."""
+
+    def random_sentence(self, rng: random.Random, exclude_document: str) -> str | None:
+        """A sentence drawn from a document other than ``exclude_document`` (None if none)."""
+        ...
+
+
+def stable_seed(*parts: object) -> int:
+    """A 64-bit seed from parts, stable across processes (unlike ``hash``)."""
+    digest = hashlib.sha256("\x1f".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "little")
+
+
+def settings_from_options(settings_cls: type, options: Mapping[str, Any], task: str) -> Any:
+    """Build a task's Settings dataclass; unknown option names are errors with a hint."""
+    from difflib import get_close_matches
+
+    names = {f.name for f in fields(settings_cls)}
+    for key in options:
+        if key not in names:
+            close = get_close_matches(key, names, n=1)
+            hint = f' (did you mean "{close[0]}"?)' if close else ""
+            raise ValueError(f"unknown option tasks.{task}.{key}{hint}; known: {sorted(names)}")
+    return settings_cls(**options)
+
+
+# ---------------------------------------------------------------- encoding (prepare time)
+
+
+def word_starts_from(word_ids: Sequence[int | None]) -> list[int]:
+    """1 where a token starts a new word, 0 on continuation and special tokens."""
+    out, previous = [], None
+    for word in word_ids:
+        out.append(int(word is not None and word != previous))
+        previous = word
+    return out
+
+
+def encode_pair(
+    tokenizer: Any, first: str, second: str | None, max_length: int
+) -> dict[str, list[int]]:
+    """Tokenize one segment or a pair with [CLS]/[SEP], truncating the longest first."""
+    enc = tokenizer(
+        first,
+        second,
+        truncation="longest_first" if second is not None else True,
+        max_length=max_length,
+        return_token_type_ids=True,
+    )
+    starts = word_starts_from(enc.word_ids())
+    if second is not None:  # word ids restart in segment B: mark its first word too
+        seq_ids = enc.sequence_ids()
+        starts = [
+            int(s or (seq_ids[i] == 1 and seq_ids[i - 1] != 1 and enc.word_ids()[i] is not None))
+            for i, s in enumerate(starts)
+        ]
+    return {
+        "input_ids": enc["input_ids"],
+        "token_type_ids": enc["token_type_ids"],
+        "word_starts": starts,
+    }
+
+
+def pack_sentences(
+    tokenizer: Any, sentences: Sequence[str], max_length: int
+) -> list[dict[str, list[int]]]:
+    """Pack consecutive sentences into [CLS] ... [SEP] segments of at most ``max_length``.
+
+    Sentences longer than the room are cut; a segment never splits a sentence unless the
+    sentence alone is too long.
+    """
+    room = max_length - 2
+    cls_id, sep_id = tokenizer.cls_token_id, tokenizer.sep_token_id
+    encodings = tokenizer(list(sentences), add_special_tokens=False)
+    segments: list[dict[str, list[int]]] = []
+    ids: list[int] = []
+    starts: list[int] = []
+    for i in range(len(sentences)):
+        s_ids = encodings["input_ids"][i][:room]
+        s_starts = word_starts_from(encodings.word_ids(i))[:room]
+        if ids and len(ids) + len(s_ids) > room:
+            segments.append(_segment(ids, starts, cls_id, sep_id))
+            ids, starts = [], []
+        ids += s_ids
+        starts += s_starts
+    if ids:
+        segments.append(_segment(ids, starts, cls_id, sep_id))
+    return segments
+
+
+def _segment(ids: list[int], starts: list[int], cls_id: int, sep_id: int) -> dict[str, list[int]]:
+    return {
+        "input_ids": [cls_id, *ids, sep_id],
+        "token_type_ids": [0] * (len(ids) + 2),
+        "word_starts": [0, *starts, 0],
+    }
+
+
+# ---------------------------------------------------------------- collation (train time)
+
+
+def pad_column(rows: Sequence[Sequence[int]], pad_value: int) -> Tensor:
+    """Right-pad a list of int lists into a (B, T) long tensor."""
+    tensors = [torch.as_tensor(r, dtype=torch.long) for r in rows]
+    return nn.utils.rnn.pad_sequence(tensors, batch_first=True, padding_value=pad_value)
+
+
+def collate_inputs(examples: Mapping[str, Sequence[Any]], pad_token_id: int) -> dict[str, Tensor]:
+    """Pad the shared columns; ``attention_mask`` marks real tokens."""
+    input_ids = pad_column(examples["input_ids"], pad_token_id)
+    lengths = torch.tensor([len(r) for r in examples["input_ids"]])
+    attention_mask = (torch.arange(input_ids.shape[1])[None, :] < lengths[:, None]).long()
+    return {
+        "input_ids": input_ids,
+        "token_type_ids": pad_column(examples["token_type_ids"], 0),
+        "attention_mask": attention_mask,
+        "word_starts": pad_column(examples["word_starts"], 0),
+    }
+
+
+def classification_loss(logits: Tensor, labels: Tensor) -> TaskLoss:
+    """Summed cross-entropy over labels != IGNORE_INDEX, with correct/count statistics."""
+    valid = labels != IGNORE_INDEX
+    loss_sum = nn.functional.cross_entropy(
+        logits.float(), labels, ignore_index=IGNORE_INDEX, reduction="sum"
+    )
+    correct = ((logits.argmax(-1) == labels) & valid).sum()
+    count = valid.sum()
+    return TaskLoss(
+        loss_sum, count, {"loss_sum": loss_sum.detach(), "correct": correct, "count": count}
+    )
+
+
+def accuracy_metrics(stats: Mapping[str, float]) -> dict[str, float]:
+    """accuracy and mean loss from summed statistics."""
+    count = max(float(stats.get("count", 0)), 1.0)
+    return {
+        "accuracy": float(stats.get("correct", 0)) / count,
+        "loss": float(stats.get("loss_sum", 0)) / count,
+    }
+
+
+class SentenceClassificationHead(nn.Module):
+    """Dropout + linear on the pooled [CLS] output: logits (B, num_labels)."""
+
+    def __init__(self, hidden_size: int, num_labels: int, dropout: float) -> None:
+        super().__init__()
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(hidden_size, num_labels)
+
+    def forward(self, pooled_output: Tensor) -> Tensor:  # (B, H) -> (B, L)
+        """Logits for each sequence."""
+        return self.classifier(self.dropout(pooled_output))
+
+
+class TokenClassificationHead(nn.Module):
+    """Dropout + linear on gathered token states: (N, H) -> (N, num_labels)."""
+
+    def __init__(self, hidden_size: int, num_labels: int, dropout: float) -> None:
+        super().__init__()
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(hidden_size, num_labels)
+
+    def forward(self, token_states: Tensor) -> Tensor:
+        """Logits for each selected token."""
+        return self.classifier(self.dropout(token_states))
+
+
+@runtime_checkable
+class PretrainTask(Protocol):
+    """What a pre-training objective provides. ``name`` = file stem = config string."""
+
+    name: ClassVar[str]
+    family: ClassVar[str]  # one of FAMILIES
+    level: ClassVar[str]  # "token" or "sentence"
+    Settings: ClassVar[type]
+    settings: Any
+    num_labels: int
+
+    def build_examples(
+        self, document: Any, corpus: CorpusView, rng: random.Random
+    ) -> list[dict[str, Any]]:
+        """Examples (column -> value) from one document; raise SkipDocument to skip it."""
+        ...
+
+    def example_columns(self) -> dict[str, str]:
+        """Task-specific columns and their type: "int", "int_list" or "str"."""
+        ...
+
+    def collate(
+        self, examples: Mapping[str, Sequence[Any]], generator: torch.Generator
+    ) -> dict[str, Tensor]:
+        """A padded batch from columnar examples; per-epoch randomness from ``generator``."""
+        ...
+
+    def build_head(self, config: Any) -> nn.Module:
+        """The task's head for an encoder of this (transformers) config."""
+        ...
+
+    def loss(self, head: nn.Module, encoded: Encoded, batch: Mapping[str, Tensor]) -> TaskLoss:
+        """Summed loss, sample count and summable stats for one batch."""
+        ...
+
+    def metrics(self, stats: Mapping[str, float]) -> dict[str, float]:
+        """Metrics from statistics summed over batches and ranks."""
+        ...
+
+    def label_counts(self, columns: Mapping[str, Sequence[Any]]) -> dict[str, int]:
+        """Label distribution of prepared examples, for the data report."""
+        ...
+
+
+class TokenLevelTask(PretrainTask, Protocol):
+    """Token-level tasks can also label another task's batch (one forward, several losses)."""
+
+    def attach(
+        self,
+        batch: dict[str, Tensor],
+        examples: Mapping[str, Sequence[Any]],
+        generator: torch.Generator,
+    ) -> bool:
+        """Add this task's inputs/labels to ``batch`` in place; False if it cannot."""
+        ...
