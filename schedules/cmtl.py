@@ -1,4 +1,4 @@
-"""Continual multi-task learning (ERNIE 2.0, Sun et al. 2020, section 3.2): the pyramid.
+"""Continual multi-task learning (ERNIE 2.0: Sun et al., AAAI 2020, arXiv 1907.12412): the pyramid.
 
 Tasks arrive one per stage; each stage trains the new task together with all earlier ones.
 Allocation (the paper's 4-task comparison, reproduced by olfmlm): each task's budget N is
@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from schedules.types import Schedule, Stage
+from schedules.validation import check_tasks
 
 
 def split_units(total: int, units: int) -> list[int]:
@@ -22,13 +23,8 @@ def split_units(total: int, units: int) -> list[int]:
 def cmtl(tasks: Sequence[str], iterations_per_task: int, name: str = "cmtl") -> Schedule:
     """The ERNIE 2.0 pyramid: T stages, task i introduced in stage i with i+2 of T+1 units."""
     tasks = list(tasks)
-    if not tasks:
-        raise ValueError("cmtl needs at least one task")
-    if len(set(tasks)) != len(tasks):
-        raise ValueError(f"duplicate task names: {tasks}")
     count = len(tasks)
-    if iterations_per_task < count + 1:
-        raise ValueError(f"iterations_per_task must be >= {count + 1} for {count} tasks")
+    tasks = check_tasks(tasks, iterations_per_task, minimum=count + 1, kind="cmtl")
     # units[task][k]: the k-th unit of that task's budget; unit 0..i+1 go to its own stage.
     units = {task: split_units(iterations_per_task, count + 1) for task in tasks}
     stages = []

@@ -2,21 +2,39 @@
 
 No sampler keeps hidden state: the draw for step s depends only on the seed, s and the
 steps each task has consumed so far in the stage, so a resumed run draws the same tasks.
+Every sampler draws only among tasks with budget left, so every stage ends exactly on
+budget whatever the draws.
+
+- ``remaining_budget``: ERNIE 2.0 (Sun et al., AAAI 2020, arXiv 1907.12412): in
+  proportion to each task's remaining steps (a uniformly shuffled stage).
+- ``fixed``: in proportion to ``sampling_options["weights"][task]``.
+- ``temperature``: p ∝ n^(1/T), n = ``sampling_options["sizes"][task]`` (dataset sizes,
+  filled in by the trainer with ``with_dataset_sizes``), T =
+  ``sampling_options.get("temperature", 1.0)`` (T=1 size-proportional, large T uniform;
+  as in multilingual/multi-task mixing, e.g. Arivazhagan et al. 2019, Raffel et al. 2020).
+- ``round_robin``: deterministic; the task with the largest remaining fraction of its
+  budget, ties by introduction order (interleaves tasks evenly).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import random
 from collections.abc import Callable, Mapping
+from fractions import Fraction
 
-from schedules.types import Stage
+from schedules.types import Schedule, Stage
+from schedules.validation import did_you_mean, unknown_name
 
 Sampler = Callable[[Stage, Mapping[str, int], int, int], str]
 
 
 def step_rng(seed: int, step: int) -> random.Random:
-    """A generator that depends only on (seed, step)."""
-    return random.Random(seed * 1_000_003 + step)
+    """A generator that depends only on (seed, step); distinct pairs give unrelated streams."""
+    # A string seed is hashed with SHA-512 by ``random`` (stable across processes), so
+    # (seed, step) and (seed + 1, step - k) never share a stream.
+    return random.Random(f"{seed}:{step}")
 
 
 def draw_weighted(weights: Mapping[str, float], rng: random.Random) -> str:
@@ -37,20 +55,123 @@ def remaining(stage: Stage, consumed: Mapping[str, int]) -> dict[str, int]:
     return {t: stage.budgets[t] - consumed.get(t, 0) for t in stage.tasks}
 
 
+def open_tasks(stage: Stage, consumed: Mapping[str, int]) -> list[str]:
+    """Tasks of the stage with budget left, in introduction order (error if none)."""
+    tasks = [t for t, left in remaining(stage, consumed).items() if left > 0]
+    if not tasks:
+        raise ValueError(f"stage {stage.name!r} has no budget left")
+    return tasks
+
+
 def remaining_budget(stage: Stage, consumed: Mapping[str, int], step: int, seed: int) -> str:
     """ERNIE 2.0: draw in proportion to each task's remaining budget (ends exactly on budget)."""
     return draw_weighted(remaining(stage, consumed), step_rng(seed, step))
 
 
-SAMPLERS: dict[str, Sampler] = {"remaining_budget": remaining_budget}
+def positive_option(stage: Stage, key: str, tasks: list[str]) -> dict[str, float]:
+    """``stage.sampling_options[key][task]`` for ``tasks``; each must be a number > 0."""
+    values = stage.sampling_options.get(key)
+    if not isinstance(values, Mapping):
+        raise ValueError(
+            f"stage {stage.name!r}: sampling {stage.sampling!r} needs sampling_options.{key}, "
+            "a mapping task -> number > 0"
+        )
+    out = {}
+    for task in tasks:
+        value = values.get(task)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise ValueError(
+                f"stage {stage.name!r}: sampling_options.{key}[{task!r}] must be a number > 0, "
+                f"got {value!r}"
+            )
+        out[task] = float(value)
+    return out
+
+
+def fixed(stage: Stage, consumed: Mapping[str, int], step: int, seed: int) -> str:
+    """Draw in proportion to fixed ``sampling_options["weights"]`` among tasks with budget left."""
+    weights = positive_option(stage, "weights", open_tasks(stage, consumed))
+    return draw_weighted(weights, step_rng(seed, step))
+
+
+def temperature_weights(sizes: Mapping[str, float], temp: float) -> dict[str, float]:
+    """Weights n^(1/temp), scaled so the largest is 1 (computed in log space: no overflow)."""
+    if isinstance(temp, bool) or not isinstance(temp, (int, float)) or not temp > 0:
+        raise ValueError(f"sampling_options.temperature must be a number > 0, got {temp!r}")
+    logs = {task: math.log(size) / temp for task, size in sizes.items()}
+    top = max(logs.values())
+    return {task: math.exp(value - top) for task, value in logs.items()}
+
+
+def temperature(stage: Stage, consumed: Mapping[str, int], step: int, seed: int) -> str:
+    """Draw with p ∝ size^(1/T) among tasks with budget left."""
+    sizes = positive_option(stage, "sizes", open_tasks(stage, consumed))
+    weights = temperature_weights(sizes, stage.sampling_options.get("temperature", 1.0))
+    return draw_weighted(weights, step_rng(seed, step))
+
+
+def round_robin(stage: Stage, consumed: Mapping[str, int], step: int, seed: int) -> str:
+    """The task with the largest remaining fraction of its budget; ties by introduction order."""
+    left = remaining(stage, consumed)
+    # max() keeps the first of equal keys, and Fraction compares exactly.
+    return max(open_tasks(stage, consumed), key=lambda t: Fraction(left[t], stage.budgets[t]))
+
+
+SAMPLERS: dict[str, Sampler] = {
+    "remaining_budget": remaining_budget,
+    "fixed": fixed,
+    "temperature": temperature,
+    "round_robin": round_robin,
+}
+
+# The sampling_options keys each sampler reads.
+SAMPLING_OPTIONS: dict[str, frozenset[str]] = {
+    "remaining_budget": frozenset(),
+    "fixed": frozenset({"weights"}),
+    "temperature": frozenset({"sizes", "temperature"}),
+    "round_robin": frozenset(),
+}
+
+
+def check_sampling(stage: Stage) -> None:
+    """Raise ValueError for an unknown sampler, unknown options or bad option values.
+
+    Dataset sizes for ``temperature`` are only checked when present (the trainer adds them).
+    """
+    if stage.sampling not in SAMPLERS:
+        error = unknown_name("sampling", stage.sampling, SAMPLERS)
+        raise ValueError(f"stage {stage.name!r}: {error}")
+    known = SAMPLING_OPTIONS[stage.sampling]
+    for key in stage.sampling_options:
+        if key not in known:
+            raise ValueError(
+                f"stage {stage.name!r}: unknown sampling_options key {key!r} for sampling "
+                f"{stage.sampling!r}{did_you_mean(key, known)}; known: {sorted(known)}"
+            )
+    if stage.sampling == "fixed":
+        positive_option(stage, "weights", list(stage.tasks))
+    if stage.sampling == "temperature":
+        if "sizes" in stage.sampling_options:
+            positive_option(stage, "sizes", list(stage.tasks))
+        temperature_weights({"probe": 1.0}, stage.sampling_options.get("temperature", 1.0))
+
+
+def with_dataset_sizes(schedule: Schedule, sizes: Mapping[str, int]) -> Schedule:
+    """The schedule with ``sampling_options["sizes"]`` filled in for ``temperature`` stages."""
+    stages = []
+    for stage in schedule.stages:
+        if stage.sampling == "temperature":
+            missing = [t for t in stage.tasks if t not in sizes]
+            if missing:
+                raise ValueError(f"stage {stage.name!r}: no dataset size for {missing}")
+            options = {**stage.sampling_options, "sizes": {t: sizes[t] for t in stage.tasks}}
+            stage = dataclasses.replace(stage, sampling_options=options)
+        stages.append(stage)
+    return dataclasses.replace(schedule, stages=tuple(stages))
 
 
 def sample_task(stage: Stage, consumed: Mapping[str, int], step: int, seed: int) -> str:
     """Draw the task of ``step`` with the stage's sampler."""
-    try:
-        sampler = SAMPLERS[stage.sampling]
-    except KeyError:
-        raise ValueError(
-            f"unknown sampling {stage.sampling!r}; known: {sorted(SAMPLERS)}"
-        ) from None
-    return sampler(stage, consumed, step, seed)
+    if stage.sampling not in SAMPLERS:
+        raise unknown_name("sampling", stage.sampling, SAMPLERS)
+    return SAMPLERS[stage.sampling](stage, consumed, step, seed)

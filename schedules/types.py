@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from schedules.validation import did_you_mean
+
 
 def _frozen(mapping: Mapping[str, Any] | None) -> Mapping[str, Any]:
     return MappingProxyType(dict(mapping or {}))
@@ -34,7 +36,7 @@ class Stage:
 
     def __post_init__(self) -> None:
         for task, steps in self.budgets.items():
-            if not isinstance(steps, int) or steps < 0:
+            if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
                 raise ValueError(f"stage {self.name!r}: budget of {task!r} must be an int >= 0")
         if self.steps <= 0:
             raise ValueError(f"stage {self.name!r} has no steps")
@@ -66,10 +68,19 @@ class Stage:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Stage:
         """Inverse of ``to_dict``; unknown keys are errors."""
-        known = {"name", "budgets", "sampling", "sampling_options", "weighting", "weighting_options"}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown stage keys: {sorted(unknown)} (known: {sorted(known)})")
+        known = {
+            "name",
+            "budgets",
+            "sampling",
+            "sampling_options",
+            "weighting",
+            "weighting_options",
+        }
+        for key in data:
+            if key not in known:
+                raise ValueError(
+                    f"unknown stage key {key!r}{did_you_mean(key, known)}; known: {sorted(known)}"
+                )
         return cls(**{k: (dict(v) if isinstance(v, Mapping) else v) for k, v in data.items()})
 
 
