@@ -231,7 +231,9 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
     if origin is list:
         if not isinstance(value, list):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
-        return [_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)] if args else value
+        return (
+            [_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)] if args else value
+        )
     if origin is dict:
         if not isinstance(value, Mapping):
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")

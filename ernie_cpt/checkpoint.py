@@ -1,0 +1,174 @@
+"""Checkpoints written atomically and verified before use.
+
+Layout of ``<run>/checkpoints``::
+
+    step-00000120/            DeepSpeed engine state (model, optimizer, LR schedule) +
+        trainer_state.json    step, stage, budgets consumed, data cursors, task ids, config
+        rng-rank<r>.pt        python / numpy / torch RNG states of each rank
+        model.safetensors     consolidated weights (rank 0), read by ``export``
+        manifest.json         sha256 and size of every file above
+    latest                    name of the newest complete checkpoint
+
+A checkpoint is written into ``.tmp-step-...``, its manifest written last, then renamed;
+``latest`` is replaced with ``os.replace``. On resume each candidate is verified against its
+manifest, newest first; a partial or corrupt one is named in the log and skipped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import random
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+TAG_PATTERN = re.compile(r"^step-(\d{8})$")
+MANIFEST = "manifest.json"
+STATE = "trainer_state.json"
+WEIGHTS = "model.safetensors"
+
+
+def tag_for(step: int) -> str:
+    """Directory name of the checkpoint taken after ``step`` optimizer steps."""
+    return f"step-{step:08d}"
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_manifest(directory: Path) -> None:
+    """Record size and sha256 of every file under ``directory`` (written last)."""
+    files = sorted(p for p in directory.rglob("*") if p.is_file() and p.name != MANIFEST)
+    entries = {
+        str(p.relative_to(directory)): {"size": p.stat().st_size, "sha256": sha256_file(p)}
+        for p in files
+    }
+    atomic_write_text(directory / MANIFEST, json.dumps({"files": entries}, indent=1))
+
+
+def verify(directory: Path) -> str | None:
+    """None if the checkpoint is complete and intact, else the reason it is not."""
+    manifest = directory / MANIFEST
+    if not manifest.is_file():
+        return "no manifest (checkpoint incomplete)"
+    try:
+        entries = json.loads(manifest.read_text())["files"]
+    except (ValueError, KeyError) as error:
+        return f"unreadable manifest: {error}"
+    for name, expected in entries.items():
+        path = directory / name
+        if not path.is_file():
+            return f"missing file {name}"
+        if path.stat().st_size != expected["size"]:
+            return f"size mismatch in {name}"
+        if sha256_file(path) != expected["sha256"]:
+            return f"checksum mismatch in {name}"
+    if STATE not in entries:
+        return f"no {STATE}"
+    return None
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write a file via a temporary sibling and ``os.replace``."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with tmp.open("w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def rng_state() -> dict[str, Any]:
+    """Every RNG a rank uses, in a form ``torch.load(weights_only=True)`` accepts."""
+    numpy_state = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": [numpy_state[0], torch.from_numpy(numpy_state[1].copy()), *numpy_state[2:]],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what ``rng_state`` captured."""
+    random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in state["python"]))
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def candidates(root: Path) -> list[Path]:
+    """Complete-looking checkpoint directories, newest first."""
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and TAG_PATTERN.match(p.name)]
+    return sorted(found, key=lambda p: p.name, reverse=True)
+
+
+def newest_valid(root: Path) -> Path | None:
+    """The newest checkpoint that passes ``verify``; bad ones are logged and skipped."""
+    pointer = root / "latest"
+    if pointer.is_file():
+        log.info("checkpoint pointer says %s", pointer.read_text().strip())
+    for directory in candidates(root):
+        problem = verify(directory)
+        if problem is None:
+            return directory
+        log.warning("skipping checkpoint %s: %s", directory, problem)
+    return None
+
+
+def read_state(directory: Path) -> dict[str, Any]:
+    """The trainer state saved with a checkpoint."""
+    return json.loads((directory / STATE).read_text())
+
+
+def load_rng(directory: Path, rank: int) -> dict[str, Any]:
+    """This rank's RNG states (tensors and plain values only: weights_only)."""
+    return torch.load(directory / f"rng-rank{rank}.pt", weights_only=True)
+
+
+def save_rng(directory: Path, rank: int) -> None:
+    """Write this rank's RNG states."""
+    torch.save(rng_state(), directory / f"rng-rank{rank}.pt")
+
+
+def finalize(tmp: Path, root: Path, step: int, state: dict[str, Any], keep: int) -> Path:
+    """Rank 0: write state + manifest, rename into place, move the pointer, prune old ones."""
+    atomic_write_text(tmp / STATE, json.dumps(state, indent=1))
+    write_manifest(tmp)
+    final = root / tag_for(step)
+    if final.exists():  # a previous attempt at this step (e.g. after a resume): replace it
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    atomic_write_text(root / "latest", final.name)
+    for old in candidates(root)[max(keep, 1) :]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def clean_partial(root: Path) -> None:
+    """Remove temporary directories left by a process killed while saving."""
+    if root.is_dir():
+        for stale in root.glob(".tmp-step-*"):
+            log.warning("removing partial checkpoint %s", stale)
+            shutil.rmtree(stale, ignore_errors=True)

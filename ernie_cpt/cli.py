@@ -1,0 +1,174 @@
+"""The ``ernie-cpt`` command: train, prepare, export, tasks, schedule."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from ernie_cpt.config import ConfigError, RunConfig, load_config
+
+
+def _offline_defaults() -> None:
+    """No machine of ours reaches a hub: never wait on network time-outs by default."""
+    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+        os.environ.setdefault(var, "1")
+    os.environ.setdefault("WANDB_MODE", "offline")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _config_args(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    parser.add_argument("config", nargs="?", help="YAML config file")
+    parser.add_argument(
+        "--config", dest="config_option", help="YAML config file (same as the positional)"
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set train.lr=3e-4 (repeatable)",
+    )
+
+
+def _load(args: argparse.Namespace) -> RunConfig:
+    path = args.config_option or args.config
+    if path is None:
+        raise ConfigError(
+            "a config file is needed: ernie-cpt COMMAND CONFIG (e.g. configs/demo.yaml)"
+        )
+    return load_config(path, args.overrides)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Run or resume training."""
+    from ernie_cpt.trainer import train
+
+    config = _load(args)
+    summary = train(
+        config,
+        Path(args.output_dir),
+        max_steps=args.max_steps,
+        resume=args.resume,
+        progress=config.logging.progress_bar,
+    )
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps(summary, indent=2))
+    return 0
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    """Build (or find cached) per-task example datasets and print the data report."""
+    from ernie_cpt.prepare import prepare_data
+
+    config = _load(args)
+    data = prepare_data(config, cache_dir=Path(args.cache_dir) if args.cache_dir else None)
+    print(json.dumps(data.report, indent=2))
+    print(f"prepared data: {data.root}", file=sys.stderr)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Export a run's newest valid checkpoint as a Hugging Face directory."""
+    from ernie_cpt.export import export_run
+
+    out = export_run(
+        Path(args.run_dir), Path(args.out), Path(args.checkpoint) if args.checkpoint else None
+    )
+    print(out)
+    return 0
+
+
+def cmd_tasks(args: argparse.Namespace) -> int:
+    """List registered tasks with family and level."""
+    from pretrain_tasks import available_tasks
+
+    rows = [
+        (name, cls.family, cls.level, (cls.__doc__ or "").strip().splitlines()[0])
+        for name, cls in available_tasks().items()
+    ]
+    width = max(len(r[0]) for r in rows)
+    for name, family, level, doc in rows:
+        print(f"{name:<{width}}  {family:<15}  {level:<8}  {doc}")
+    return 0
+
+
+def cmd_schedule(args: argparse.Namespace) -> int:
+    """Print the stage table of the configured schedule."""
+    from schedules import build_schedule
+    from schedules.table import format_stage_table
+
+    config = _load(args)
+    s = config.schedule
+    print(
+        format_stage_table(
+            build_schedule(s.kind, list(config.tasks), s.iterations_per_task, s.stages, s.sampling)
+        )
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
+    parser = argparse.ArgumentParser(prog="ernie-cpt", description=__doc__)
+    parser.add_argument(
+        "--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train (or resume) a run")
+    _config_args(train)
+    train.add_argument("--output-dir", required=True, help="run directory")
+    train.add_argument(
+        "--max-steps", type=int, default=None, help="stop after this many steps (smoke runs)"
+    )
+    train.add_argument("--resume", choices=("auto", "must", "never"), default="auto")
+    train.set_defaults(func=cmd_train)
+
+    prepare = sub.add_parser("prepare", help="prepare per-task datasets and print the data report")
+    _config_args(prepare)
+    prepare.add_argument("--cache-dir", default=None)
+    prepare.set_defaults(func=cmd_prepare)
+
+    export = sub.add_parser("export", help="export a run as a Hugging Face model directory")
+    export.add_argument("run_dir")
+    export.add_argument("out")
+    export.add_argument("--checkpoint", default=None, help="a specific checkpoint directory")
+    export.set_defaults(func=cmd_export)
+
+    tasks = sub.add_parser("tasks", help="list pre-training tasks")
+    tasks.set_defaults(func=cmd_tasks)
+
+    schedule = sub.add_parser("schedule", help="print the stage table of a config's schedule")
+    _config_args(schedule)
+    schedule.set_defaults(func=cmd_schedule)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``ernie-cpt`` console script."""
+    _offline_defaults()
+    args = build_parser().parse_args(argv)
+    if args.local_rank is not None:  # the deepspeed launcher passes --local_rank
+        os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    for noisy in ("DeepSpeed", "deepspeed", "datasets", "httpx", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        return args.func(args)
+    except (ConfigError, ValueError, FileNotFoundError) as error:
+        print(f"ernie-cpt: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

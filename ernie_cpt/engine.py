@@ -1,0 +1,152 @@
+"""DeepSpeed: the process group and the engine, from our train section.
+
+One code path on CPU and GPU: on a machine without CUDA, DeepSpeed's CPU accelerator and
+the gloo backend run the same engine (ZeRO 0-3, fp32 or bf16). A single process started
+without a launcher gets the rendezvous variables it needs.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import nn
+
+from ernie_cpt.config import TrainConfig
+
+NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
+
+
+def free_port() -> int:
+    """A TCP port free on the loopback interface right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def init_distributed() -> tuple[int, int]:
+    """Join (or form, single process) the process group; returns (rank, world size)."""
+    import deepspeed
+    import torch.distributed as dist
+
+    if "RANK" not in os.environ:  # not started by a launcher: a group of one
+        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(free_port()))
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        deepspeed.init_distributed(dist_backend=backend, verbose=False)
+    return dist.get_rank(), dist.get_world_size()
+
+
+def device() -> torch.device:
+    """The accelerator device of this rank (CPU where there is none)."""
+    from deepspeed.accelerator import get_accelerator
+
+    accelerator = get_accelerator()
+    if accelerator.device_name() == "cpu":
+        return torch.device("cpu")
+    return torch.device(accelerator.device_name(int(os.environ.get("LOCAL_RANK", "0"))))
+
+
+def scheduler_config(train: TrainConfig, total_steps: int) -> dict[str, Any]:
+    """Warm-up then linear/cosine decay (or constant), in DeepSpeed's scheduler terms."""
+    warmup = min(train.warmup_steps, max(total_steps - 1, 0))
+    if train.lr_decay == "linear":
+        params = {
+            "warmup_min_lr": 0.0,
+            "warmup_max_lr": train.lr,
+            "warmup_num_steps": warmup,
+            "total_num_steps": max(total_steps, warmup + 1),
+            "warmup_type": "linear",
+        }
+        return {"type": "WarmupDecayLR", "params": params}
+    if train.lr_decay == "cosine":
+        params = {
+            "total_num_steps": max(total_steps, warmup + 1),
+            "warmup_num_steps": warmup,
+            "warmup_min_ratio": 0.0,
+            "cos_min_ratio": train.min_lr / train.lr if train.lr else 0.0,
+        }
+        return {"type": "WarmupCosineLR", "params": params}
+    if train.lr_decay == "constant":
+        params = {
+            "warmup_min_lr": 0.0,
+            "warmup_max_lr": train.lr,
+            "warmup_num_steps": warmup,
+            "warmup_type": "linear",
+        }
+        return {"type": "WarmupLR", "params": params}
+    raise ValueError(f"train.lr_decay must be linear, cosine or constant, got {train.lr_decay!r}")
+
+
+def deepspeed_config(train: TrainConfig, total_steps: int, world_size: int = 1) -> dict[str, Any]:
+    """The DeepSpeed JSON config generated from our train section."""
+    if train.precision not in ("fp32", "bf16", "fp16"):
+        raise ValueError(f"train.precision must be fp32, bf16 or fp16, got {train.precision!r}")
+    if train.precision == "fp16" and not torch.cuda.is_available():
+        raise ValueError("train.precision=fp16 needs a GPU; use bf16 or fp32 on CPU")
+    if train.zero_stage not in (0, 1, 2, 3):
+        raise ValueError(f"train.zero_stage must be 0-3, got {train.zero_stage}")
+    return {
+        "train_micro_batch_size_per_gpu": train.micro_batch_size,
+        "gradient_accumulation_steps": train.gradient_accumulation_steps,
+        "train_batch_size": train.micro_batch_size * train.gradient_accumulation_steps * world_size,
+        "gradient_clipping": train.gradient_clipping,
+        "optimizer": {
+            "type": "AdamW",
+            "params": {
+                "lr": train.lr,
+                "betas": [train.adam_beta1, train.adam_beta2],
+                "eps": train.adam_eps,
+                "weight_decay": train.weight_decay,
+                # torch's AdamW: no 76-second fused-op compile on CPU, same maths.
+                "torch_adam": not torch.cuda.is_available(),
+            },
+        },
+        "scheduler": scheduler_config(train, total_steps),
+        "zero_optimization": {"stage": train.zero_stage},
+        "bf16": {"enabled": train.precision == "bf16"},
+        "fp16": {"enabled": train.precision == "fp16"},
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+
+
+def parameter_groups(module: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups: no weight decay on biases and LayerNorm weights."""
+    decay, no_decay, seen = [], [], set()
+    for name, param in module.named_parameters():
+        if not param.requires_grad or id(param) in seen:
+            continue
+        seen.add(id(param))
+        (no_decay if name.endswith(NO_DECAY) else decay).append(param)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def build_engine(module: nn.Module, train: TrainConfig, total_steps: int, world_size: int) -> Any:
+    """``deepspeed.initialize`` on ``module``; returns the engine (optimizer and LR inside)."""
+    import deepspeed
+
+    config = deepspeed_config(train, total_steps, world_size)
+    engine, *_ = deepspeed.initialize(
+        model=module, model_parameters=parameter_groups(module, train.weight_decay), config=config
+    )
+    return engine
+
+
+def all_reduce_sum(values: Iterable[float]) -> list[float]:
+    """Sum floats over ranks (a no-op for one process)."""
+    import torch.distributed as dist
+
+    values = list(values)
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return values
+    tensor = torch.tensor(values, dtype=torch.float64, device=device())
+    dist.all_reduce(tensor)
+    return tensor.tolist()

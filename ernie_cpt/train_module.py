@@ -1,0 +1,89 @@
+"""The module DeepSpeed wraps: model + tasks' losses (+ loss weighting) -> one scalar.
+
+``forward(batch, task_names, step)`` runs ONE encoder pass and every listed task's loss on
+it. Heads of tasks absent from the batch are touched with a zero-weighted pass so every
+parameter receives a gradient each step: ZeRO stages 1-3 then see the same set of
+gradients every step (no unused-parameter special cases), at the cost of one row through
+each idle head.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ernie_cpt.model import MultiTaskModel
+from pretrain_tasks.base import PretrainTask, TaskLoss
+
+
+class TrainModule(nn.Module):
+    """Model + loss computation; ``weighting`` (optional) turns task losses into one loss."""
+
+    def __init__(
+        self,
+        model: MultiTaskModel,
+        tasks: Mapping[str, PretrainTask],
+        weighting: nn.Module | None = None,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.weighting = weighting
+        self.tasks = dict(tasks)  # plain objects: not part of the module tree
+
+    def forward(
+        self, batch: Mapping[str, Tensor], task_names: Sequence[str], step: int = 0
+    ) -> tuple[Tensor, dict[str, TaskLoss], dict[str, float]]:
+        """(loss to backward, per-task losses, per-task weights) for one micro-batch."""
+        encoded = self.model(
+            batch["input_ids"],
+            batch["attention_mask"],
+            batch["token_type_ids"],
+            batch["task_type_ids"],
+        )
+        losses = {
+            name: self.tasks[name].loss(self.model.heads[name], encoded, batch)
+            for name in task_names
+        }
+        means = {name: loss.mean() for name, loss in losses.items()}
+        if self.weighting is not None:
+            total, weights = self.weighting.combine(means, encoded.sequence_output, step)
+        else:
+            total, weights = torch.stack(list(means.values())).sum(), dict.fromkeys(means, 1.0)
+        idle = [head for name, head in self.model.heads.items() if name not in losses]
+        if idle:
+            probe = encoded.pooled_output[:1]  # (1, H)
+            total = total + sum(head(probe).sum() for head in idle) * 0.0
+        return total, losses, weights
+
+
+def reduce_stats(losses: Mapping[str, TaskLoss]) -> dict[str, dict[str, float]]:
+    """Detach per-task statistics to floats (summed later over micro-batches and ranks)."""
+    out: dict[str, dict[str, float]] = {}
+    for name, loss in losses.items():
+        stats = {key: float(value) for key, value in loss.stats.items()}
+        stats["sample_size"] = float(loss.sample_size)
+        out[name] = stats
+    return out
+
+
+def merge_stats(into: dict[str, dict[str, float]], new: Mapping[str, Mapping[str, float]]) -> None:
+    """Add ``new`` statistics into ``into`` (per task, per key)."""
+    for task, stats in new.items():
+        bucket = into.setdefault(task, {})
+        for key, value in stats.items():
+            bucket[key] = bucket.get(key, 0.0) + value
+
+
+def describe(module: nn.Module) -> dict[str, Any]:
+    """Parameter counts (shared tied weights counted once)."""
+    seen, total, trainable = set(), 0, 0
+    for param in module.parameters():
+        if id(param) in seen:
+            continue
+        seen.add(id(param))
+        total += param.numel()
+        trainable += param.numel() if param.requires_grad else 0
+    return {"parameters": total, "trainable": trainable}

@@ -1,0 +1,396 @@
+"""The training loop: schedule -> task of each step -> one DeepSpeed step -> logs/checkpoints.
+
+``train`` builds the parts (``build_*`` functions below), then runs a plain loop. Everything
+random about a step is a pure function of (seed, step, rank) except dropout, whose torch RNG
+state is saved per rank with each checkpoint; so a resumed run repeats the uninterrupted
+run's losses bit for bit on CPU.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ernie_cpt import checkpoint as ckpt
+from ernie_cpt.config import RunConfig, diff_configs, save_config
+from ernie_cpt.data import TaskStream
+from ernie_cpt.engine import all_reduce_sum, build_engine, device, init_distributed
+from ernie_cpt.evaluation import evaluate
+from ernie_cpt.model import build_model
+from ernie_cpt.prepare import PreparedData, prepare_data
+from ernie_cpt.telemetry import JsonlLog, WandbRun, flat_metrics
+from ernie_cpt.train_module import TrainModule, describe, merge_stats, reduce_stats
+from pretrain_tasks.base import stable_seed
+from schedules import Schedule, build_schedule, sample_task
+from schedules.sampling import with_dataset_sizes
+
+log = logging.getLogger(__name__)
+
+# Keys that must match between a checkpoint and the config resuming it.
+RESUME_KEYS = (
+    "model",
+    "tokenizer",
+    "data.corpus",
+    "data.max_seq_length",
+    "data.seed",
+    "tasks",
+    "schedule",
+    "train.micro_batch_size",
+    "train.gradient_accumulation_steps",
+    "train.zero_stage",
+    "train.precision",
+    "train.seed",
+    "train.combine_token_tasks",
+)
+
+
+@dataclass
+class TrainState:
+    """Everything besides the engine that a resumed run needs."""
+
+    step: int = 0
+    consumed: dict[str, dict[str, int]] = field(
+        default_factory=dict
+    )  # stage index -> task -> steps
+    tokens: int = 0
+    samples: dict[str, int] = field(default_factory=dict)
+    cursors: dict[str, dict[str, int]] = field(default_factory=dict)
+    task_ids: dict[str, int] = field(default_factory=dict)
+    run_id: str = ""
+    elapsed: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form."""
+        return dict(self.__dict__)
+
+
+@dataclass
+class Run:
+    """The parts of a run, built once."""
+
+    config: RunConfig
+    run_dir: Path
+    rank: int
+    world_size: int
+    data: PreparedData
+    schedule: Schedule
+    engine: Any
+    streams: dict[str, TaskStream]
+    state: TrainState
+
+
+def build_schedule_for(config: RunConfig, data: PreparedData) -> Schedule:
+    """The configured schedule, with dataset sizes filled in for size-based samplers."""
+    sched = config.schedule
+    schedule = build_schedule(
+        sched.kind, list(config.tasks), sched.iterations_per_task, sched.stages, sched.sampling
+    )
+    return with_dataset_sizes(schedule, {name: len(ds) for name, ds in data.train.items()})
+
+
+def build_streams(
+    config: RunConfig, data: PreparedData, rank: int, world_size: int
+) -> dict[str, TaskStream]:
+    """One endless, sharded batch stream per task; refuses tasks without examples."""
+    streams = {}
+    for name, dataset in data.train.items():
+        if len(dataset) == 0:
+            skipped = data.report["tasks"][name].get("train_skipped_documents", {})
+            raise ValueError(
+                f"task {name!r} built no training examples from {config.data.corpus} (skipped: {skipped})"
+            )
+        streams[name] = TaskStream(
+            dataset, name, config.train.micro_batch_size, config.train.seed, rank, world_size
+        )
+    return streams
+
+
+def resume_checkpoint(root: Path, mode: str) -> Path | None:
+    """The checkpoint to resume from under ``--resume auto|must|never``."""
+    if mode not in ("auto", "must", "never"):
+        raise ValueError(f"--resume must be auto, must or never, got {mode!r}")
+    if mode == "never":
+        return None
+    ckpt.clean_partial(root)
+    found = ckpt.newest_valid(root)
+    if found is None and mode == "must":
+        raise SystemExit(f"--resume must: no valid checkpoint under {root}")
+    if found is None:
+        log.warning("no valid checkpoint under %s: starting fresh", root)
+    return found
+
+
+def check_compatible(saved: Mapping[str, Any], config: RunConfig, data: PreparedData) -> None:
+    """Refuse to resume with a config that changes what the checkpoint means."""
+    from ernie_cpt.config import flatten
+
+    def pick(tree: Mapping[str, Any]) -> dict[str, Any]:
+        flat = flatten(tree)
+        return {
+            k: v
+            for k, v in flat.items()
+            if any(k == p or k.startswith(p + ".") for p in RESUME_KEYS)
+        }
+
+    differing = diff_configs(pick(saved["config"]), pick(config.to_dict()))
+    if saved.get("tokenizer_fingerprint") != data.tokenizer_fingerprint:
+        differing.append("tokenizer (vocabulary differs)")
+    if differing:
+        raise SystemExit(
+            "cannot resume: the config differs from the checkpoint's in: " + ", ".join(differing)
+        )
+
+
+def setup(config: RunConfig, run_dir: Path, resume: str, progress: bool) -> Run:
+    """Process group, data, model, engine and (possibly restored) state."""
+    rank, world_size = init_distributed()
+    torch.manual_seed(stable_seed(config.train.seed, "init") % 2**63)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    data = _prepare_on_rank_zero(config, rank, progress)
+    schedule = build_schedule_for(config, data)
+    task_ids = {name: i for i, name in enumerate(schedule.tasks)}
+    model = build_model(config.model, data.tasks, len(data.tokenizer), data.tokenizer.pad_token_id)
+    engine = build_engine(
+        TrainModule(model, data.tasks), config.train, schedule.total_steps, world_size
+    )
+    streams = build_streams(config, data, rank, world_size)
+    root = run_dir / "checkpoints"
+    state = TrainState(task_ids=task_ids, run_id=uuid.uuid4().hex[:12])
+    found = resume_checkpoint(root, resume)
+    if found is not None:
+        saved = ckpt.read_state(found)
+        check_compatible(saved, config, data)
+        engine.load_checkpoint(str(root), tag=found.name)
+        state = TrainState(**saved["train_state"])
+        for name, stream in streams.items():
+            stream.load_state(state.cursors[name])
+        ckpt.set_rng_state(ckpt.load_rng(found, rank))
+        log.info("resumed from %s at step %d", found, state.step)
+    if rank == 0:
+        save_config(config, run_dir / "config.yaml")
+        data.tokenizer.save_pretrained(str(run_dir / "tokenizer"))
+        model.encoder.config.to_json_file(str(run_dir / "encoder_config.json"))
+        log.info(
+            "model: %s; schedule %s: %d steps", describe(model), schedule.name, schedule.total_steps
+        )
+    return Run(config, run_dir, rank, world_size, data, schedule, engine, streams, state)
+
+
+def _prepare_on_rank_zero(config: RunConfig, rank: int, progress: bool) -> PreparedData:
+    import torch.distributed as dist
+
+    if rank == 0:
+        data = prepare_data(config, progress=progress)
+    dist.barrier()
+    if rank != 0:
+        data = prepare_data(config, progress=False)
+    return data
+
+
+def attached_tasks(run: Run, task: str, stage_tasks: tuple[str, ...]) -> list[str]:
+    """Token-level tasks that label the batch of a sentence-level ``task`` (the paper's rule)."""
+    tasks = run.data.tasks
+    if not run.config.train.combine_token_tasks or tasks[task].level != "sentence":
+        return []
+    return [t for t in stage_tasks if t != task and tasks[t].level == "token"]
+
+
+def train_step(run: Run, task: str, stage_tasks: tuple[str, ...], step: int) -> dict[str, Any]:
+    """Gradient-accumulated micro-batches of ``task`` (+ attached token tasks), one update."""
+    engine, tasks = run.engine, run.data.tasks
+    stats: dict[str, dict[str, float]] = {}
+    tokens, weights = 0, {}
+    lr = engine.get_lr()[0]
+    for micro in range(run.config.train.gradient_accumulation_steps):
+        generator = torch.Generator().manual_seed(
+            stable_seed(run.config.train.seed, "batch", step, micro, run.rank) % 2**63
+        )
+        examples = run.streams[task].next_examples()
+        batch = tasks[task].collate(examples, generator)
+        names = [task] + [
+            t
+            for t in attached_tasks(run, task, stage_tasks)
+            if tasks[t].attach(batch, examples, generator)
+        ]
+        batch["task_type_ids"] = torch.full_like(batch["input_ids"], run.state.task_ids[task])
+        batch = {k: v.to(device()) for k, v in batch.items()}
+        loss, task_losses, weights = engine(batch, names, step)
+        engine.backward(loss)
+        engine.step()
+        merge_stats(stats, reduce_stats(task_losses))
+        tokens += int(batch["attention_mask"].sum())
+    names = sorted(stats)
+    totals = all_reduce_sum(
+        [tokens] + [stats[n]["loss_sum"] for n in names] + [stats[n]["sample_size"] for n in names]
+    )
+    losses = {n: totals[1 + i] / max(totals[1 + len(names) + i], 1.0) for i, n in enumerate(names)}
+    samples = {n: int(totals[1 + len(names) + i]) for i, n in enumerate(names)}
+    return {
+        "task": task,
+        "losses": losses,
+        "samples": samples,
+        "tokens": int(totals[0]),
+        "lr": lr,
+        "weights": weights,
+    }
+
+
+def save(run: Run, step: int) -> None:
+    """A checkpoint after ``step`` steps (collective: every rank calls it)."""
+    import torch.distributed as dist
+
+    root = run.run_dir / "checkpoints"
+    tmp_tag = f".tmp-{ckpt.tag_for(step)}"
+    run.state.cursors = {name: s.state() for name, s in run.streams.items()}
+    run.engine.save_checkpoint(str(root), tag=tmp_tag, save_latest=False)
+    ckpt.save_rng(root / tmp_tag, run.rank)
+    weights = consolidated_state_dict(run.engine)
+    dist.barrier()
+    if run.rank == 0:
+        save_weights(weights, root / tmp_tag / ckpt.WEIGHTS)
+        state = {
+            "train_state": run.state.to_dict(),
+            "config": run.config.to_dict(),
+            "tokenizer_fingerprint": run.data.tokenizer_fingerprint,
+            "data_fingerprint": run.data.fingerprint,
+            "schedule": run.schedule.to_dict(),
+            "world_size": run.world_size,
+        }
+        ckpt.finalize(root / tmp_tag, root, step, state, run.config.train.keep_checkpoints)
+    dist.barrier()
+
+
+def consolidated_state_dict(engine: Any) -> dict[str, torch.Tensor] | None:
+    """Full model weights on rank 0 (gathered from all ranks under ZeRO-3)."""
+    if engine.zero_optimization_stage() == 3:
+        return engine._zero3_consolidated_16bit_state_dict()
+    return engine.module.state_dict()
+
+
+def save_weights(state: Mapping[str, torch.Tensor] | None, path: Path) -> None:
+    """Save weights as safetensors, storing tied (shared) tensors once."""
+    from safetensors.torch import save_file
+
+    unique, seen = {}, set()
+    for key, tensor in (state or {}).items():
+        if tensor.data_ptr() in seen and tensor.numel() > 0:
+            continue
+        seen.add(tensor.data_ptr())
+        unique[key] = tensor.detach().to("cpu", torch.float32).contiguous()
+    save_file(unique, str(path))
+
+
+def run_evaluation(
+    run: Run, step: int, stage: int, log_file: JsonlLog | None, wandb_run: WandbRun
+) -> None:
+    """Held-out metrics of every task; one row in eval.jsonl."""
+    if run.config.train.eval_batches <= 0:
+        return
+    metrics = evaluate(
+        run.engine, run.data, run.state.task_ids, run.config.train, run.rank, run.world_size
+    )
+    if log_file is not None:
+        log_file.write({"step": step, "stage": stage, "metrics": metrics})
+    wandb_run.log({f"eval/{t}/{k}": v for t, m in metrics.items() for k, v in m.items()}, step)
+
+
+def train(
+    config: RunConfig,
+    run_dir: Path,
+    *,
+    max_steps: int | None = None,
+    resume: str = "auto",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run (or continue) the configured schedule; returns a summary."""
+    from tqdm import tqdm
+
+    run = setup(config, Path(run_dir), resume, progress)
+    state, schedule, rank = run.state, run.schedule, run.rank
+    stop = min(schedule.total_steps, max_steps) if max_steps is not None else schedule.total_steps
+    resumed_at = state.step if state.step > 0 else None
+    metrics = JsonlLog(run.run_dir / "metrics.jsonl", resumed_at) if rank == 0 else None
+    evals = JsonlLog(run.run_dir / "eval.jsonl", resumed_at) if rank == 0 else None
+    wandb_run = WandbRun(
+        config.logging, run.run_dir, config.to_dict(), state.run_id, enabled=rank == 0
+    )
+    if state.step == 0:
+        run_evaluation(run, 0, -1, evals, wandb_run)  # the initial model: b[j]
+    bar = tqdm(
+        total=stop,
+        initial=state.step,
+        disable=rank != 0 or not config.logging.progress_bar,
+        desc="train",
+    )
+    while state.step < stop:
+        step, started = state.step, time.perf_counter()
+        stage_index = schedule.stage_at(step)
+        stage = schedule.stages[stage_index]
+        consumed = state.consumed.setdefault(str(stage_index), {})
+        task = sample_task(stage, consumed, step, config.schedule.seed)
+        result = train_step(run, task, stage.tasks, step)
+        consumed[task] = consumed.get(task, 0) + 1
+        for name, count in result["samples"].items():
+            state.samples[name] = state.samples.get(name, 0) + count
+        state.tokens += result["tokens"]
+        state.step += 1
+        seconds = time.perf_counter() - started
+        state.elapsed += seconds
+        row = {
+            "step": state.step,
+            "stage": stage_index,
+            "task": task,
+            "task_id": state.task_ids[task],
+            "losses": result["losses"],
+            "weights": result["weights"],
+            "lr": result["lr"],
+            "tokens": state.tokens,
+            "step_tokens": result["tokens"],
+            "tokens_per_s": result["tokens"] / seconds if seconds > 0 else 0.0,
+            "samples": result["samples"],
+        }
+        if metrics is not None:
+            metrics.write(row)
+        wandb_run.log(flat_metrics(row), state.step)
+        bar.update(1)
+        bar.set_postfix(stage=stage_index, task=task, loss=f"{sum(result['losses'].values()):.3f}")
+        stage_end = state.step == schedule.boundaries[stage_index + 1]
+        if stage_end:
+            run_evaluation(run, state.step, stage_index, evals, wandb_run)
+            wandb_run.log({"schedule/stage_end": stage_index}, state.step)
+        if stage_end or state.step % config.train.checkpoint_every == 0 or state.step == stop:
+            save(run, state.step)
+    bar.close()
+    summary = {
+        "steps": state.step,
+        "total_steps": schedule.total_steps,
+        "tokens": state.tokens,
+        "elapsed_s": round(state.elapsed, 2),
+    }
+    if rank == 0 and state.step == schedule.total_steps:
+        from ernie_cpt.export import export_run
+
+        export_run(run.run_dir, run.run_dir / "export")
+        summary["export"] = str(run.run_dir / "export")
+    for handle in (metrics, evals):
+        if handle is not None:
+            handle.close()
+    wandb_run.finish()
+    _shutdown()
+    return summary
+
+
+def _shutdown() -> None:
+    """Barrier + destroy: avoids rare aborts at exit seen with several ZeRO-3 processes."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
