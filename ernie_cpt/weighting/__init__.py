@@ -1,0 +1,102 @@
+"""Loss-balancing methods for multi-task steps, one file each (LibMTL style).
+
+Registry key = file stem = the config string. Every method is an ``nn.Module`` that lives
+inside the DeepSpeed-wrapped model (learnable weights are optimised and checkpointed with
+it) and returns a surrogate scalar for ``engine.backward``; see ``base.LossWeighting``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from torch import nn
+
+from ernie_cpt.config import did_you_mean
+from ernie_cpt.weighting.base import LossWeighting, WeightingModule, kpi_key, loss_key
+from ernie_cpt.weighting.dtp import DynamicTaskPrioritization
+from ernie_cpt.weighting.dwa import DynamicWeightAverage
+from ernie_cpt.weighting.fixed import FixedWeighting
+from ernie_cpt.weighting.gradnorm import GradNorm
+from ernie_cpt.weighting.pcgrad import PCGrad
+from ernie_cpt.weighting.uncertainty import UncertaintyWeighting
+
+WEIGHTINGS: dict[str, type[WeightingModule]] = {
+    "fixed": FixedWeighting,
+    "uncertainty": UncertaintyWeighting,
+    "dwa": DynamicWeightAverage,
+    "gradnorm": GradNorm,
+    "dtp": DynamicTaskPrioritization,
+    "pcgrad": PCGrad,
+}
+
+# Methods that cannot run at ZeRO-3, and why. The others work there: they only weight the
+# losses, and learnable weights are read inside the method's forward, where ZeRO-3 gathers
+# them. These two need dL_i/d(shared) inside the model's forward, a backward pass through the
+# heads before the trainer's: ZeRO-3 re-gathers a module's partitioned weights for backward
+# once per forward, so that pass leaves the trainer's backward with released head weights
+# ("size of tensor a (0) must match"), and ZeRO-3's hooks replace the tensors a module call
+# receives, so inside one `shared` no longer reaches the losses.
+_NEEDS_SHARED_GRADIENTS = (
+    "it differentiates each task loss w.r.t. the shared activation inside the forward pass, "
+    "and ZeRO-3 fetches partitioned head weights for only one backward pass per forward; "
+    "use ZeRO stage 0, 1 or 2"
+)
+ZERO3_UNSUPPORTED: dict[str, str] = {
+    "gradnorm": _NEEDS_SHARED_GRADIENTS,
+    "pcgrad": _NEEDS_SHARED_GRADIENTS,
+}
+
+__all__ = [
+    "WEIGHTINGS",
+    "ZERO3_UNSUPPORTED",
+    "LossWeighting",
+    "WeightingModule",
+    "build_weighting",
+    "check_zero_stage",
+    "kpi_key",
+    "loss_key",
+    "option_names",
+]
+
+
+def _check_name(name: str) -> type[WeightingModule]:
+    if name not in WEIGHTINGS:
+        raise ValueError(
+            f"unknown loss weighting {name!r}{did_you_mean(name, WEIGHTINGS)}; "
+            f"known: {sorted(WEIGHTINGS)}"
+        )
+    return WEIGHTINGS[name]
+
+
+def option_names(name: str) -> list[str]:
+    """The options a method accepts (its constructor's keyword arguments after ``tasks``)."""
+    parameters = inspect.signature(_check_name(name).__init__).parameters
+    return [p for p in parameters if p not in ("self", "tasks")]
+
+
+def build_weighting(
+    name: str, tasks: Sequence[str], options: Mapping[str, Any] | None = None
+) -> nn.Module:
+    """The method registered as ``name`` for ``tasks`` (every task of the run, stable order)."""
+    cls = _check_name(name)
+    known = option_names(name)
+    for option in options or {}:
+        if option not in known:
+            raise ValueError(
+                f"unknown option {option!r} for loss weighting {name!r}"
+                f"{did_you_mean(option, known)}; options: {known}"
+            )
+    return cls(tasks, **dict(options or {}))
+
+
+def check_zero_stage(name: str, zero_stage: int) -> None:
+    """Raise ValueError if method ``name`` cannot run at DeepSpeed ZeRO stage ``zero_stage``."""
+    _check_name(name)
+    if zero_stage not in (0, 1, 2, 3):
+        raise ValueError(f"ZeRO stage must be 0, 1, 2 or 3, got {zero_stage}")
+    if zero_stage == 3 and name in ZERO3_UNSUPPORTED:
+        raise ValueError(
+            f"loss weighting {name!r} does not work at ZeRO-3: {ZERO3_UNSUPPORTED[name]}"
+        )
