@@ -99,6 +99,9 @@ class ScheduleConfig:
     # For kind=custom: a list of stages, each {name, budgets: {task: steps}, ...}.
     stages: list[dict[str, Any]] | None = None
     sampling: str = "remaining_budget"
+    # Loss weighting for every stage that does not name its own (see ernie_cpt.weighting).
+    weighting: str = "fixed"
+    weighting_options: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
 
 

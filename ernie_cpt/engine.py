@@ -122,7 +122,9 @@ def parameter_groups(module: nn.Module, weight_decay: float) -> list[dict[str, A
         if not param.requires_grad or id(param) in seen:
             continue
         seen.add(id(param))
-        (no_decay if name.endswith(NO_DECAY) else decay).append(param)
+        # Loss-weighting parameters (log-variances, weight logits) are not decayed either.
+        skip = name.endswith(NO_DECAY) or name.startswith("weightings.")
+        (no_decay if skip else decay).append(param)
     return [
         {"params": decay, "weight_decay": weight_decay},
         {"params": no_decay, "weight_decay": 0.0},

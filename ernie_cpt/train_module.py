@@ -26,17 +26,25 @@ class TrainModule(nn.Module):
         self,
         model: MultiTaskModel,
         tasks: Mapping[str, PretrainTask],
-        weighting: nn.Module | None = None,
+        weightings: Mapping[str, nn.Module] | None = None,
     ) -> None:
         super().__init__()
         self.model = model
-        self.weighting = weighting
+        self.weightings = nn.ModuleDict(dict(weightings or {}))
         self.tasks = dict(tasks)  # plain objects: not part of the module tree
 
     def forward(
-        self, batch: Mapping[str, Tensor], task_names: Sequence[str], step: int = 0
+        self,
+        batch: Mapping[str, Tensor],
+        task_names: Sequence[str],
+        step: int = 0,
+        weighting: str | None = None,
     ) -> tuple[Tensor, dict[str, TaskLoss], dict[str, float]]:
-        """(loss to backward, per-task losses, per-task weights) for one micro-batch."""
+        """(loss to backward, per-task losses, per-task weights) for one micro-batch.
+
+        ``weighting`` names the loss-balancing method (a key of ``weightings``); None sums
+        the task losses (evaluation).
+        """
         encoded = self.model(
             batch["input_ids"],
             batch["attention_mask"],
@@ -48,8 +56,10 @@ class TrainModule(nn.Module):
             for name in task_names
         }
         means = {name: loss.mean() for name, loss in losses.items()}
-        if self.weighting is not None:
-            total, weights = self.weighting.combine(means, encoded.sequence_output, step)
+        if weighting is not None:
+            total, weights = self.weightings[weighting].combine(
+                means, encoded.sequence_output, step
+            )
         else:
             total, weights = torch.stack(list(means.values())).sum(), dict.fromkeys(means, 1.0)
         idle = [head for name, head in self.model.heads.items() if name not in losses]

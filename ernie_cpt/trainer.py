@@ -12,7 +12,7 @@ import logging
 import time
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +27,9 @@ from ernie_cpt.model import build_model
 from ernie_cpt.prepare import PreparedData, prepare_data
 from ernie_cpt.telemetry import JsonlLog, WandbRun, flat_metrics
 from ernie_cpt.train_module import TrainModule, describe, merge_stats, reduce_stats
+from ernie_cpt.weighting import build_weighting, check_zero_stage, kpi_key, loss_key
 from pretrain_tasks.base import stable_seed
-from schedules import Schedule, build_schedule, sample_task
+from schedules import Schedule, Stage, build_schedule, sample_task
 from schedules.sampling import with_dataset_sizes
 
 log = logging.getLogger(__name__)
@@ -86,13 +87,33 @@ class Run:
     state: TrainState
 
 
-def build_schedule_for(config: RunConfig, data: PreparedData) -> Schedule:
-    """The configured schedule, with dataset sizes filled in for size-based samplers."""
+def build_schedule_for(config: RunConfig, sizes: Mapping[str, int]) -> Schedule:
+    """The configured schedule: dataset sizes filled in for size-based samplers, and the
+    config's loss weighting given to every stage that does not name its own."""
     sched = config.schedule
     schedule = build_schedule(
         sched.kind, list(config.tasks), sched.iterations_per_task, sched.stages, sched.sampling
     )
-    return with_dataset_sizes(schedule, {name: len(ds) for name, ds in data.train.items()})
+    stages = tuple(
+        replace(stage, weighting=sched.weighting, weighting_options=sched.weighting_options)
+        if stage.weighting == "fixed" and not stage.weighting_options
+        else stage
+        for stage in schedule.stages
+    )
+    return with_dataset_sizes(Schedule(schedule.name, stages), sizes)
+
+
+def build_weightings(schedule: Schedule, zero_stage: int) -> dict[str, Any]:
+    """One loss-weighting module per method the schedule's stages use (checked for ZeRO)."""
+    modules: dict[str, Any] = {}
+    for stage in schedule.stages:
+        name, options = stage.weighting, dict(stage.weighting_options)
+        check_zero_stage(name, zero_stage)
+        if name in modules and modules[name][1] != options:
+            raise ValueError(f"stages use {name!r} with different options; use one set per run")
+        if name not in modules:
+            modules[name] = (build_weighting(name, schedule.tasks, options), options)
+    return {name: module for name, (module, _) in modules.items()}
 
 
 def build_streams(
@@ -154,12 +175,11 @@ def setup(config: RunConfig, run_dir: Path, resume: str, progress: bool) -> Run:
     torch.manual_seed(stable_seed(config.train.seed, "init") % 2**63)
     run_dir.mkdir(parents=True, exist_ok=True)
     data = _prepare_on_rank_zero(config, rank, progress)
-    schedule = build_schedule_for(config, data)
+    schedule = build_schedule_for(config, {name: len(ds) for name, ds in data.train.items()})
     task_ids = {name: i for i, name in enumerate(schedule.tasks)}
     model = build_model(config.model, data.tasks, len(data.tokenizer), data.tokenizer.pad_token_id)
-    engine = build_engine(
-        TrainModule(model, data.tasks), config.train, schedule.total_steps, world_size
-    )
+    module = TrainModule(model, data.tasks, build_weightings(schedule, config.train.zero_stage))
+    engine = build_engine(module, config.train, schedule.total_steps, world_size)
     streams = build_streams(config, data, rank, world_size)
     root = run_dir / "checkpoints"
     state = TrainState(task_ids=task_ids, run_id=uuid.uuid4().hex[:12])
@@ -202,7 +222,7 @@ def attached_tasks(run: Run, task: str, stage_tasks: tuple[str, ...]) -> list[st
     return [t for t in stage_tasks if t != task and tasks[t].level == "token"]
 
 
-def train_step(run: Run, task: str, stage_tasks: tuple[str, ...], step: int) -> dict[str, Any]:
+def train_step(run: Run, task: str, stage: Stage, step: int) -> dict[str, Any]:
     """Gradient-accumulated micro-batches of ``task`` (+ attached token tasks), one update."""
     engine, tasks = run.engine, run.data.tasks
     stats: dict[str, dict[str, float]] = {}
@@ -216,29 +236,35 @@ def train_step(run: Run, task: str, stage_tasks: tuple[str, ...], step: int) -> 
         batch = tasks[task].collate(examples, generator)
         names = [task] + [
             t
-            for t in attached_tasks(run, task, stage_tasks)
+            for t in attached_tasks(run, task, stage.tasks)
             if tasks[t].attach(batch, examples, generator)
         ]
         batch["task_type_ids"] = torch.full_like(batch["input_ids"], run.state.task_ids[task])
         batch = {k: v.to(device()) for k, v in batch.items()}
-        loss, task_losses, weights = engine(batch, names, step)
+        loss, task_losses, weights = engine(batch, names, step, stage.weighting)
         engine.backward(loss)
         engine.step()
         merge_stats(stats, reduce_stats(task_losses))
         tokens += int(batch["attention_mask"].sum())
     names = sorted(stats)
-    totals = all_reduce_sum(
-        [tokens] + [stats[n]["loss_sum"] for n in names] + [stats[n]["sample_size"] for n in names]
+    keys = ("loss_sum", "sample_size", "correct", "count")
+    totals = all_reduce_sum([tokens] + [stats[n].get(k, 0.0) for n in names for k in keys])
+    summed = {
+        n: dict(zip(keys, totals[1 + 4 * i : 5 + 4 * i], strict=True)) for i, n in enumerate(names)
+    }
+    losses = {n: s["loss_sum"] / max(s["sample_size"], 1.0) for n, s in summed.items()}
+    observed = {loss_key(n): value for n, value in losses.items()}
+    observed.update(
+        {kpi_key(n): s["correct"] / s["count"] for n, s in summed.items() if s["count"] > 0}
     )
-    losses = {n: totals[1 + i] / max(totals[1 + len(names) + i], 1.0) for i, n in enumerate(names)}
-    samples = {n: int(totals[1 + len(names) + i]) for i, n in enumerate(names)}
+    engine.module.weightings[stage.weighting].observe(observed, step)
     return {
         "task": task,
         "losses": losses,
-        "samples": samples,
+        "samples": {n: int(s["sample_size"]) for n, s in summed.items()},
         "tokens": int(totals[0]),
         "lr": lr,
-        "weights": weights,
+        "weights": {n: float(w) for n, w in weights.items()},
     }
 
 
@@ -335,7 +361,7 @@ def train(
         stage = schedule.stages[stage_index]
         consumed = state.consumed.setdefault(str(stage_index), {})
         task = sample_task(stage, consumed, step, config.schedule.seed)
-        result = train_step(run, task, stage.tasks, step)
+        result = train_step(run, task, stage, step)
         consumed[task] = consumed.get(task, 0) + 1
         for name, count in result["samples"].items():
             state.samples[name] = state.samples.get(name, 0) + count
