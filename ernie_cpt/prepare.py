@@ -51,14 +51,27 @@ SENTENCE_POOL_SIZE = 200_000
 class SentencePool:
     """Sentences sampled from many documents, for "a sentence of another document"."""
 
-    def __init__(self, sentences: Sequence[str], document_ids: Sequence[str]) -> None:
+    def __init__(
+        self,
+        sentences: Sequence[str],
+        document_ids: Sequence[str],
+        split: str = "train",
+        heldout_fraction: float = 0.0,
+    ) -> None:
         self.sentences = list(sentences)
         self.document_ids = list(document_ids)
         self.distinct_documents = len(set(self.document_ids))
+        self.split = split
+        self.heldout_fraction = heldout_fraction
 
     @classmethod
     def from_documents(
-        cls, documents: datasets.Dataset, seed: int, limit: int = SENTENCE_POOL_SIZE
+        cls,
+        documents: datasets.Dataset,
+        seed: int,
+        split: str = "train",
+        heldout_fraction: float = 0.0,
+        limit: int = SENTENCE_POOL_SIZE,
     ) -> SentencePool:
         """Up to ``limit`` sentences drawn without replacement, deterministically."""
         pairs = [
@@ -69,7 +82,7 @@ class SentencePool:
         ]
         if len(pairs) > limit:
             pairs = random.Random(seed).sample(pairs, limit)
-        return cls([p[0] for p in pairs], [p[1] for p in pairs])
+        return cls([p[0] for p in pairs], [p[1] for p in pairs], split, heldout_fraction)
 
     def random_sentence(self, rng: random.Random, exclude_document: str) -> str | None:
         """A sentence from a document other than ``exclude_document``; bounded work.
@@ -168,6 +181,17 @@ def build_task_split(
     return examples.remove_columns(SKIP_COLUMN), dict(skips)
 
 
+def option_file_hashes(tasks: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
+    """sha256 of every task option naming an existing file (user data, gazetteers), so that
+    editing such a file invalidates the prepared data."""
+    hashes = {}
+    for task, options in tasks.items():
+        for key, value in options.items():
+            if isinstance(value, str) and value and Path(value).is_file():
+                hashes[f"{task}.{key}"] = hashlib.sha256(Path(value).read_bytes()).hexdigest()
+    return hashes
+
+
 def data_fingerprint(config: RunConfig, corpus_fp: str, tokenizer_fp: str) -> str:
     """Identity of the prepared data: corpus, tokenizer, tasks and data settings."""
     data = {k: v for k, v in asdict(config.data).items() if k not in ("num_proc", "cache_dir")}
@@ -175,6 +199,7 @@ def data_fingerprint(config: RunConfig, corpus_fp: str, tokenizer_fp: str) -> st
         "corpus": corpus_fp,
         "tokenizer": tokenizer_fp,
         "tasks": config.tasks,
+        "task_files": option_file_hashes(config.tasks),
         "data": data,
         "v": 1,
     }
@@ -284,7 +309,7 @@ def _build_all(
         started = time.perf_counter()
         entry: dict[str, Any] = {"family": task.family, "level": task.level}
         for split, docs in (("train", train_docs), ("heldout", heldout_docs)):
-            pool = SentencePool.from_documents(docs, seed)
+            pool = SentencePool.from_documents(docs, seed, split, config.data.heldout_fraction)
             examples, skips = build_task_split(
                 task, docs, pool, seed, num_proc, f"{fingerprint}-{name}-{split}"
             )

@@ -11,14 +11,26 @@ from importlib.metadata import entry_points
 from typing import Any
 
 from pretrain_tasks.base import PretrainTask, settings_from_options
+from pretrain_tasks.capitalization import CapitalizationTask
+from pretrain_tasks.discourse_relation import DiscourseRelationTask
+from pretrain_tasks.ir_relevance import IRRelevanceTask
+from pretrain_tasks.knowledge_masking import KnowledgeMaskingTask
 from pretrain_tasks.mlm import MLMTask
 from pretrain_tasks.sentence_distance import SentenceDistanceTask
+from pretrain_tasks.sentence_reordering import SentenceReorderingTask
+from pretrain_tasks.token_document_relation import TokenDocumentRelationTask
 
 ENTRY_POINT_GROUP = "ernie_cpt.pretrain_tasks"
 
 TASKS: dict[str, type] = {
     "mlm": MLMTask,
+    "knowledge_masking": KnowledgeMaskingTask,
+    "capitalization": CapitalizationTask,
+    "token_document_relation": TokenDocumentRelationTask,
+    "sentence_reordering": SentenceReorderingTask,
     "sentence_distance": SentenceDistanceTask,
+    "discourse_relation": DiscourseRelationTask,
+    "ir_relevance": IRRelevanceTask,
 }
 
 

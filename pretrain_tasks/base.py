@@ -55,7 +55,15 @@ class TaskLoss:
 
 
 class CorpusView(Protocol):
-    """Corpus-wide facts a builder may use besides its own document."""
+    """Corpus-wide facts a builder may use besides its own document.
+
+    ``split`` is "train" or "heldout"; ``heldout_fraction`` is the share of user-supplied rows
+    (see ``UserRows``) that belong to the held-out split.
+    """
+
+    split: str
+    heldout_fraction: float
+    document_ids: Sequence[str]
 
     def random_sentence(self, rng: random.Random, exclude_document: str) -> str | None:
         """A sentence drawn from a document other than ``exclude_document`` (None if none)."""
@@ -79,6 +87,55 @@ def settings_from_options(settings_cls: type, options: Mapping[str, Any], task: 
             hint = f' (did you mean "{close[0]}"?)' if close else ""
             raise ValueError(f"unknown option tasks.{task}.{key}{hint}; known: {sorted(names)}")
     return settings_cls(**options)
+
+
+def row_split(salt: str, row: int, heldout_fraction: float) -> str:
+    """ "train" or "heldout" for a user row, by a stable hash (independent of the corpus)."""
+    return (
+        "heldout"
+        if stable_seed(salt, "split", row) % 1_000_000 < heldout_fraction * 1_000_000
+        else "train"
+    )
+
+
+def assign_rows(
+    rows: Sequence[int], document_ids: Sequence[str], salt: str
+) -> dict[str, list[int]]:
+    """Row indices per document: each row goes to exactly one of the distinct documents."""
+    ids = sorted(set(document_ids))
+    out: dict[str, list[int]] = {}
+    for row in rows if ids else ():
+        out.setdefault(ids[stable_seed(salt, row) % len(ids)], []).append(row)
+    return out
+
+
+class UserRows:
+    """User-supplied rows (e.g. Discovery pairs, query/title logs) spread over documents.
+
+    Rows are first split into train/held-out by ``row_split`` (so the held-out split never
+    repeats a training row), then each row of the view's split goes to exactly one document
+    of that split, so every row is built exactly once whatever the number of workers.
+    """
+
+    def __init__(self, num_rows: int, salt: str) -> None:
+        self.num_rows = num_rows
+        self.salt = salt
+        self._cache: tuple[Any, dict[str, list[int]]] | None = None
+
+    def for_document(self, corpus: Any, document_id: str) -> list[int]:
+        """Indices of the rows this document yields."""
+        if self._cache is None or self._cache[0] is not corpus:
+            ids = getattr(corpus, "document_ids", None)
+            if ids is None:
+                raise ValueError("user data needs a corpus view with document_ids (SentencePool)")
+            split = getattr(corpus, "split", "train")
+            fraction = getattr(corpus, "heldout_fraction", 0.0)
+            rows = [r for r in range(self.num_rows) if row_split(self.salt, r, fraction) == split]
+            self._cache = (corpus, assign_rows(rows, ids, self.salt))
+        return self._cache[1].get(document_id, [])
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_cache": None}
 
 
 # ---------------------------------------------------------------- encoding (prepare time)

@@ -67,6 +67,10 @@ def whole_word_mask(
     return masked, labels
 
 
+# Labels of other masked-LM tasks: positions they already masked are left to them.
+OTHER_MASKED_LM_LABELS = ("knowledge_masking_labels",)
+
+
 class MaskedLMHead(nn.Module):
     """BERT's prediction head: dense + GELU + LayerNorm, then a decoder tied to embeddings."""
 
@@ -163,6 +167,9 @@ class MLMTask:
         for token_id in self.tokenizer.all_special_ids:
             special |= batch["input_ids"] == token_id
         maskable = batch["attention_mask"].bool() & ~special
+        for key in OTHER_MASKED_LM_LABELS:  # positions another masked-LM task already masked
+            if key in batch:
+                maskable &= batch[key] == IGNORE_INDEX
         batch["input_ids"], batch["mlm_labels"] = whole_word_mask(
             batch["input_ids"],
             batch["word_starts"],

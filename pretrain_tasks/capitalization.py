@@ -1,0 +1,224 @@
+"""Capitalization prediction: was this word capitalised in the original text (ERNIE 2.0, 4.2.1).
+
+ERNIE 2.0 (Sun et al. 2020, arXiv 1907.12412, section 4.2.1) predicts, from lower-cased
+input, whether each word was capitalised: capitalised words usually carry meaning
+(names, entities) an uncased model otherwise cannot see. With a cased tokenizer the input
+itself gives the answer away, so the task refuses to be built with one.
+
+Examples are packed runs of consecutive sentences, exactly as in ``mlm``. Labels come from
+the original (cased) sentences through the fast tokenizer's offset mapping: the first
+sub-token of each word carries 1 if the word's first character is an upper-case letter and
+0 if it is a lower-case letter; words that do not start with a cased letter (numbers,
+punctuation, uncased scripts), continuation sub-tokens and special tokens carry
+IGNORE_INDEX. ``ignore_sentence_initial`` also leaves out each sentence's first word, whose
+capital only marks the sentence start. The head is a 2-way token classifier over labelled
+positions; metrics are accuracy and precision/recall/F1 of the "capitalised" class.
+
+The binary token loss and metrics here are shared with ``token_document_relation``.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from pretrain_tasks.base import (
+    IGNORE_INDEX,
+    CorpusView,
+    Encoded,
+    SkipDocument,
+    TaskLoss,
+    TokenClassificationHead,
+    accuracy_metrics,
+    classification_loss,
+    collate_inputs,
+    pad_column,
+)
+from pretrain_tasks.knowledge_masking import PackedSegment, pack_sentences_with_offsets
+
+LABELS = "capitalization_labels"
+LOWERCASE, CAPITALISED = 0, 1
+
+# ---------------------------------------------------------------- label builders (prepare time)
+
+
+def tokenizer_lowercases(tokenizer: Any) -> bool:
+    """True when the tokenizer maps upper- and lower-case text to the same tokens."""
+    probe = "Hello World ABC Capitalization"
+    cased = tokenizer(probe, add_special_tokens=False)["input_ids"]
+    return cased == tokenizer(probe.lower(), add_special_tokens=False)["input_ids"]
+
+
+def capital_label(word_text: str) -> int:
+    """1 if ``word_text`` starts with an upper-case letter, 0 lower-case, else IGNORE_INDEX."""
+    if not word_text:
+        return IGNORE_INDEX
+    first = word_text[0]
+    if first.isupper():
+        return CAPITALISED
+    if first.islower():
+        return LOWERCASE
+    return IGNORE_INDEX
+
+
+def capitalization_labels(
+    segment: PackedSegment, sentences: Sequence[str], ignore_sentence_initial: bool = False
+) -> list[int]:
+    """Per token of ``segment``: the capital label on each word's first sub-token."""
+    labels = [IGNORE_INDEX] * len(segment.input_ids)
+    previous_sentence = -1
+    for position, sentence, start, end in segment.words():
+        initial = sentence != previous_sentence
+        previous_sentence = sentence
+        if ignore_sentence_initial and initial:
+            continue
+        labels[position] = capital_label(sentences[sentence][start:end])
+    return labels
+
+
+# ---------------------------------------------------------------- binary token loss (shared)
+
+
+def binary_token_loss(head: nn.Module, encoded: Encoded, labels: Tensor) -> TaskLoss:
+    """Cross-entropy over labelled positions, with accuracy and class-1 F1 statistics."""
+    positions = labels != IGNORE_INDEX  # (B, T)
+    logits = head(encoded.sequence_output[positions])  # (N, 2)
+    targets = labels[positions]  # (N,)
+    loss = classification_loss(logits, targets)
+    predicted = logits.argmax(-1)
+    stats = {
+        **loss.stats,
+        "true_positive": ((predicted == 1) & (targets == 1)).sum(),
+        "predicted_positive": (predicted == 1).sum(),
+        "actual_positive": (targets == 1).sum(),
+    }
+    return TaskLoss(loss.loss_sum, loss.sample_size, stats)
+
+
+def binary_token_metrics(stats: Mapping[str, float]) -> dict[str, float]:
+    """Accuracy, mean loss, and precision/recall/F1 of class 1, from summed statistics."""
+    true_positive = float(stats.get("true_positive", 0))
+    precision = true_positive / max(float(stats.get("predicted_positive", 0)), 1.0)
+    recall = true_positive / max(float(stats.get("actual_positive", 0)), 1.0)
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    positive_rate = float(stats.get("actual_positive", 0)) / max(float(stats.get("count", 0)), 1.0)
+    return {
+        **accuracy_metrics(stats),
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
+        "positive_rate": positive_rate,
+    }
+
+
+def padded_labels(rows: Sequence[Sequence[int]], length: int) -> Tensor:
+    """Label rows right-padded with IGNORE_INDEX to exactly ``length`` columns: (B, length)."""
+    tensor = pad_column(rows, IGNORE_INDEX)
+    padding = max(length - tensor.shape[1], 0)
+    return nn.functional.pad(tensor, (0, padding), value=IGNORE_INDEX)[:, :length]
+
+
+def count_binary_labels(rows: Sequence[Sequence[int]], names: tuple[str, str]) -> dict[str, int]:
+    """How many tokens carry label 0 and label 1, under the given ``names``."""
+    flat = [label for row in rows for label in row]
+    return {names[0]: flat.count(0), names[1]: flat.count(1)}
+
+
+# ---------------------------------------------------------------- the task
+
+
+@dataclass(frozen=True)
+class CapitalizationSettings:
+    """Options of the ``capitalization`` task."""
+
+    # Leave each sentence's first word unlabelled (its capital only marks the sentence start).
+    ignore_sentence_initial: bool = False
+
+
+class CapitalizationTask:
+    """Predict from uncased input whether each word was capitalised."""
+
+    name: ClassVar[str] = "capitalization"
+    family: ClassVar[str] = "word-aware"
+    level: ClassVar[str] = "token"
+    Settings: ClassVar[type] = CapitalizationSettings
+    num_labels = 2
+
+    def __init__(
+        self, settings: CapitalizationSettings, tokenizer: Any, max_seq_length: int
+    ) -> None:
+        if not tokenizer_lowercases(tokenizer):
+            raise ValueError(
+                "capitalization needs an uncased (lower-casing) tokenizer: with a cased one "
+                "the input already shows the capitals; use tokenizer.lowercase: true or an "
+                "uncased checkpoint's tokenizer"
+            )
+        self.settings = settings
+        self.tokenizer = tokenizer
+        self.max_seq_length = max_seq_length
+
+    def example_columns(self) -> dict[str, str]:
+        """One label per token (IGNORE_INDEX where there is none)."""
+        return {LABELS: "int_list"}
+
+    def build_examples(
+        self, document: Any, corpus: CorpusView, rng: random.Random
+    ) -> list[dict[str, Any]]:
+        """Packed runs of consecutive sentences with their capital labels."""
+        sentences = document.sentences()
+        if not sentences:
+            raise SkipDocument("no_sentences")
+        return [
+            {
+                **segment.shared_columns(),
+                LABELS: capitalization_labels(
+                    segment, sentences, self.settings.ignore_sentence_initial
+                ),
+            }
+            for segment in pack_sentences_with_offsets(
+                self.tokenizer, sentences, self.max_seq_length
+            )
+        ]
+
+    def collate(
+        self, examples: Mapping[str, Sequence[Any]], generator: torch.Generator
+    ) -> dict[str, Tensor]:
+        """Padded inputs and labels (no randomness)."""
+        batch = collate_inputs(examples, self.tokenizer.pad_token_id)
+        self.attach(batch, examples, generator)
+        return batch
+
+    def attach(
+        self,
+        batch: dict[str, Tensor],
+        examples: Mapping[str, Sequence[Any]],
+        generator: torch.Generator,
+    ) -> bool:
+        """Add ``capitalization_labels``; False on batches of examples without them."""
+        if LABELS not in examples:
+            return False
+        batch[LABELS] = padded_labels(examples[LABELS], batch["input_ids"].shape[1])
+        return True
+
+    def build_head(self, config: Any) -> nn.Module:
+        """A 2-way token classifier."""
+        return TokenClassificationHead(
+            config.hidden_size, self.num_labels, config.hidden_dropout_prob
+        )
+
+    def loss(self, head: nn.Module, encoded: Encoded, batch: Mapping[str, Tensor]) -> TaskLoss:
+        """Cross-entropy over labelled words."""
+        return binary_token_loss(head, encoded, batch[LABELS])
+
+    def metrics(self, stats: Mapping[str, float]) -> dict[str, float]:
+        """Accuracy and F1 of the "capitalised" class."""
+        return binary_token_metrics(stats)
+
+    def label_counts(self, columns: Mapping[str, Sequence[Any]]) -> dict[str, int]:
+        """Labelled words per class."""
+        return count_binary_labels(columns[LABELS], ("lowercase", "capitalised"))

@@ -1,0 +1,298 @@
+"""IR relevance: how relevant a passage is to a query, 3 classes (ERNIE 2.0, section 4.2.3).
+
+The paper paired search queries (segment A) with result titles (segment B) from search
+logs: 0 strong relevance (clicked), 1 weak relevance (shown, not clicked), 2 irrelevant
+(random). Those logs were never released, so:
+
+- ``user_data`` (a .jsonl file with keys query, title, label, or a .tsv with columns query,
+  title, label and an optional header line; labels 0/1/2 or strong/weak/irrelevant) gives
+  the examples. The file is read once when the task is built; each row is yielded by
+  exactly one document of the corpus view (see ``base.UserRows``).
+  Documents given no row are skipped ("no_user_rows_for_document").
+- Without it, a stand-in from the corpus. Queries: the document title and each distinct
+  section heading (``Paragraph.heading``), up to ``max_queries_per_document``. For each
+  query one example of every class the corpus allows:
+  0 strong = the lead sentence of the document (title query) or of the section (heading
+  query); 1 weak = the top BM25 hit (``bm25s``, query text + lead sentence as the search
+  query, so the hit is lexically similar to the relevant passage) among sentences of OTHER
+  documents, with a positive score and a text different from the lead; 2 irrelevant = a
+  random sentence of another document (``corpus.random_sentence``). Every passage is one
+  sentence, so passage length does not give the class away. A query with no BM25 hit gets
+  no weak example. Documents without sentences, without a title or heading, or in a
+  corpus with no other document are skipped ("no_sentences", "no_title_or_heading",
+  "no_other_document").
+
+The BM25 index covers the sentences of the corpus view (a ``SentencePool``: ``sentences``
+and ``document_ids``), the first ``max_index_passages`` of them. It is built on first use
+and cached on the task for that corpus object (the pool is a random sample already, so
+the first N are a random subset); the cache is dropped when the task is pickled, so each
+``datasets.map`` worker builds its own, once.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from pretrain_tasks.base import (
+    CorpusView,
+    Encoded,
+    SentenceClassificationHead,
+    SkipDocument,
+    TaskLoss,
+    UserRows,
+    accuracy_metrics,
+    classification_loss,
+    collate_inputs,
+    encode_pair,
+)
+
+LABEL_COLUMN = "ir_relevance_label"
+STRONG, WEAK, IRRELEVANT = 0, 1, 2
+LABEL_NAMES = ("strong", "weak", "irrelevant")
+
+
+# ---------------------------------------------------------------- queries and passages
+
+
+def _has_text(text: str | None) -> bool:
+    return text is not None and any(c.isalnum() for c in text)
+
+
+def title_and_heading_queries(document: Any) -> list[tuple[str, str]]:
+    """(query, lead sentence): the title with the document's first sentence, then each
+    distinct section heading with the first sentence of its section."""
+    sentences = [s for s in document.sentences() if _has_text(s)]
+    if not sentences:
+        return []
+    queries, seen = [], set()
+    if _has_text(document.title):
+        queries.append((document.title.strip(), sentences[0]))
+        seen.add(document.title.strip().lower())
+    for paragraph in document.paragraphs:
+        heading = paragraph.heading
+        lead = next((s for s in paragraph.sentences if _has_text(s)), None)
+        if not _has_text(heading) or lead is None or heading.strip().lower() in seen:
+            continue
+        seen.add(heading.strip().lower())
+        queries.append((heading.strip(), lead))
+    return queries
+
+
+class PassageIndex:
+    """BM25 over (sentence, document id) passages; ``best_other`` skips one document."""
+
+    def __init__(self, passages: Sequence[str], document_ids: Sequence[str]) -> None:
+        import bm25s
+
+        tokens = bm25s.tokenize(
+            list(passages), stopwords="en", show_progress=False, return_ids=False
+        )
+        keep = [i for i, words in enumerate(tokens) if words]  # bm25s needs some words
+        self.passages = [passages[i] for i in keep]
+        codes: dict[str, int] = {}
+        self.document_codes = np.array(
+            [codes.setdefault(document_ids[i], len(codes)) for i in keep], dtype=np.int64
+        )
+        self.code_of = codes
+        self.retriever = None
+        if keep:
+            self.retriever = bm25s.BM25()
+            self.retriever.index([tokens[i] for i in keep], show_progress=False)
+
+    def best_other(self, query: str, exclude_document: str, exclude_text: str) -> str | None:
+        """The top-scoring passage (score > 0) not of ``exclude_document``, not ``exclude_text``."""
+        import bm25s
+
+        if self.retriever is None:
+            return None
+        words = bm25s.tokenize([query], stopwords="en", show_progress=False, return_ids=False)
+        ids = self.retriever.get_tokens_ids(words[0])
+        if not ids:
+            return None
+        scores = np.asarray(self.retriever.get_scores_from_ids(ids), dtype=np.float64).copy()
+        own = self.code_of.get(exclude_document)
+        if own is not None:
+            scores[self.document_codes == own] = 0.0
+        for index in np.argsort(-scores, kind="stable")[:8]:
+            if scores[index] <= 0.0:
+                break
+            if self.passages[index].strip() != exclude_text.strip():
+                return self.passages[index]
+        return None
+
+
+def draw_examples(
+    queries: Sequence[tuple[str, str]],
+    document_id: str,
+    corpus: CorpusView,
+    index: PassageIndex | None,
+    rng: random.Random,
+) -> list[tuple[str, str, int]]:
+    """(query, passage, label) for every class each query allows."""
+    out = []
+    for query, lead in queries:
+        out.append((query, lead, STRONG))
+        weak = index.best_other(f"{query} {lead}", document_id, lead) if index else None
+        if weak is not None:
+            out.append((query, weak, WEAK))
+        other = corpus.random_sentence(rng, exclude_document=document_id)
+        if other is None:
+            raise SkipDocument("no_other_document")
+        out.append((query, other, IRRELEVANT))
+    return out
+
+
+# ---------------------------------------------------------------- user data
+
+
+def parse_label(value: Any, where: str) -> int:
+    """0/1/2 (int or digit string) or strong/weak/irrelevant."""
+    text = str(value).strip().lower()
+    if text in LABEL_NAMES:
+        return LABEL_NAMES.index(text)
+    if text in ("0", "1", "2"):
+        return int(text)
+    raise ValueError(f"{where}: label must be 0, 1, 2 or one of {LABEL_NAMES}, got {value!r}")
+
+
+def read_relevance_data(path: str | Path) -> list[tuple[str, str, int]]:
+    """(query, title, label) rows from a .jsonl or .tsv file."""
+    path = Path(path)
+    rows: list[tuple[str, str, int]] = []
+    with path.open(encoding="utf-8") as handle:
+        if path.suffix in (".jsonl", ".json"):
+            for number, line in enumerate(handle, 1):
+                if not line.strip():
+                    continue
+                record = json.loads(line)
+                missing = [k for k in ("query", "title", "label") if k not in record]
+                if missing:
+                    raise ValueError(f"{path}:{number}: missing keys {missing}")
+                label = parse_label(record["label"], f"{path}:{number}")
+                rows.append((str(record["query"]), str(record["title"]), label))
+        else:
+            reader = csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
+            order = (0, 1, 2)
+            for number, cells in enumerate(reader, 1):
+                if not cells or not any(c.strip() for c in cells):
+                    continue
+                names = [c.strip().lower() for c in cells]
+                if number == 1 and {"query", "title", "label"} <= set(names):
+                    order = (names.index("query"), names.index("title"), names.index("label"))
+                    continue
+                if len(cells) <= max(order):
+                    raise ValueError(f"{path}:{number}: expected query, title, label columns")
+                label = parse_label(cells[order[2]], f"{path}:{number}")
+                rows.append((cells[order[0]], cells[order[1]], label))
+    return rows
+
+
+# ---------------------------------------------------------------- the task
+
+
+@dataclass(frozen=True)
+class IRRelevanceSettings:
+    """Options of the ``ir_relevance`` task."""
+
+    user_data: str | None = None
+    max_queries_per_document: int = 8
+    max_index_passages: int = 50_000
+
+
+class IRRelevanceTask:
+    """Classify a (query, passage) pair as strongly / weakly relevant or irrelevant."""
+
+    name: ClassVar[str] = "ir_relevance"
+    family: ClassVar[str] = "semantic-aware"
+    level: ClassVar[str] = "sentence"
+    Settings: ClassVar[type] = IRRelevanceSettings
+    num_labels = 3
+
+    def __init__(self, settings: IRRelevanceSettings, tokenizer: Any, max_seq_length: int) -> None:
+        self.settings = settings
+        self.tokenizer = tokenizer
+        self.max_seq_length = max_seq_length
+        self.user_rows: list[tuple[str, str, int]] = []
+        if settings.user_data is not None:
+            self.user_rows = read_relevance_data(settings.user_data)
+            self._assignment = UserRows(len(self.user_rows), f"{self.name}:{settings.user_data}")
+        self._index: tuple[Any, PassageIndex] | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_index": None}  # each worker builds its own index
+
+    def passage_index(self, corpus: Any) -> PassageIndex | None:
+        """The BM25 index over ``corpus``'s sentences (built once per corpus object)."""
+        if self._index is None or self._index[0] is not corpus:
+            sentences = getattr(corpus, "sentences", None)
+            ids = getattr(corpus, "document_ids", None)
+            if sentences is None or ids is None:
+                return None
+            limit = self.settings.max_index_passages
+            self._index = (corpus, PassageIndex(sentences[:limit], ids[:limit]))
+        return self._index[1]
+
+    def example_columns(self) -> dict[str, str]:
+        """One relevance label per (query, passage) pair."""
+        return {LABEL_COLUMN: "int"}
+
+    def build_examples(
+        self, document: Any, corpus: CorpusView, rng: random.Random
+    ) -> list[dict[str, Any]]:
+        """User rows assigned to this document, or the title/heading stand-in."""
+        if self.settings.user_data is not None:
+            rows = [self.user_rows[i] for i in self._assignment.for_document(corpus, document.id)]
+            if not rows:
+                raise SkipDocument("no_user_rows_for_document")
+        else:
+            if not any(_has_text(s) for s in document.sentences()):
+                raise SkipDocument("no_sentences")
+            queries = title_and_heading_queries(document)
+            if not queries:
+                raise SkipDocument("no_title_or_heading")
+            limit = self.settings.max_queries_per_document
+            if len(queries) > limit:
+                queries = [queries[i] for i in sorted(rng.sample(range(len(queries)), limit))]
+            rows = draw_examples(queries, document.id, corpus, self.passage_index(corpus), rng)
+        return [
+            {**encode_pair(self.tokenizer, query, passage, self.max_seq_length), LABEL_COLUMN: y}
+            for query, passage, y in rows
+        ]
+
+    def collate(
+        self, examples: Mapping[str, Sequence[Any]], generator: torch.Generator
+    ) -> dict[str, Tensor]:
+        """Padded (query, passage) pairs and their labels."""
+        batch = collate_inputs(examples, self.tokenizer.pad_token_id)
+        batch[LABEL_COLUMN] = torch.as_tensor(examples[LABEL_COLUMN], dtype=torch.long)
+        return batch
+
+    def build_head(self, config: Any) -> nn.Module:
+        """A 3-way classifier on the pooled output."""
+        return SentenceClassificationHead(
+            config.hidden_size, self.num_labels, config.hidden_dropout_prob
+        )
+
+    def loss(self, head: nn.Module, encoded: Encoded, batch: Mapping[str, Tensor]) -> TaskLoss:
+        """Cross-entropy on the relevance label."""
+        return classification_loss(head(encoded.pooled_output), batch[LABEL_COLUMN])
+
+    def metrics(self, stats: Mapping[str, float]) -> dict[str, float]:
+        """Accuracy and mean loss."""
+        return accuracy_metrics(stats)
+
+    def label_counts(self, columns: Mapping[str, Sequence[Any]]) -> dict[str, int]:
+        """Examples per relevance class."""
+        counts = Counter(int(label) for label in columns[LABEL_COLUMN])
+        return {name: counts.get(i, 0) for i, name in enumerate(LABEL_NAMES)}
