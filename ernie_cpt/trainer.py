@@ -9,6 +9,8 @@ run's losses bit for bit on CPU.
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import time
 import uuid
 from collections.abc import Mapping
@@ -174,6 +176,8 @@ def setup(config: RunConfig, run_dir: Path, resume: str, progress: bool) -> Run:
     rank, world_size = init_distributed()
     torch.manual_seed(stable_seed(config.train.seed, "init") % 2**63)
     run_dir.mkdir(parents=True, exist_ok=True)
+    root = run_dir / "checkpoints"
+    found = resume_checkpoint(root, resume)  # before any expensive work: --resume must fails fast
     data = _prepare_on_rank_zero(config, rank, progress)
     schedule = build_schedule_for(config, {name: len(ds) for name, ds in data.train.items()})
     task_ids = {name: i for i, name in enumerate(schedule.tasks)}
@@ -181,9 +185,7 @@ def setup(config: RunConfig, run_dir: Path, resume: str, progress: bool) -> Run:
     module = TrainModule(model, data.tasks, build_weightings(schedule, config.train.zero_stage))
     engine = build_engine(module, config.train, schedule.total_steps, world_size)
     streams = build_streams(config, data, rank, world_size)
-    root = run_dir / "checkpoints"
     state = TrainState(task_ids=task_ids, run_id=uuid.uuid4().hex[:12])
-    found = resume_checkpoint(root, resume)
     if found is not None:
         saved = ckpt.read_state(found)
         check_compatible(saved, config, data)
@@ -268,6 +270,16 @@ def train_step(run: Run, task: str, stage: Stage, step: int) -> dict[str, Any]:
     }
 
 
+def fault_point(name: str, step: int) -> None:
+    """Fault injection for tests: ``ERNIE_CPT_FAULT=<name>:<step>`` SIGKILLs this process there.
+
+    Points: ``after_step`` (after the step's metrics row is written) and ``in_save`` (after
+    the engine state is written, before the checkpoint is complete).
+    """
+    if os.environ.get("ERNIE_CPT_FAULT") == f"{name}:{step}":
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def save(run: Run, step: int) -> None:
     """A checkpoint after ``step`` steps (collective: every rank calls it)."""
     import torch.distributed as dist
@@ -277,6 +289,7 @@ def save(run: Run, step: int) -> None:
     run.state.cursors = {name: s.state() for name, s in run.streams.items()}
     run.engine.save_checkpoint(str(root), tag=tmp_tag, save_latest=False)
     ckpt.save_rng(root / tmp_tag, run.rank)
+    fault_point("in_save", step)
     weights = consolidated_state_dict(run.engine)
     dist.barrier()
     if run.rank == 0:
@@ -385,6 +398,7 @@ def train(
         if metrics is not None:
             metrics.write(row)
         wandb_run.log(flat_metrics(row), state.step)
+        fault_point("after_step", state.step)
         bar.update(1)
         bar.set_postfix(stage=stage_index, task=task, loss=f"{sum(result['losses'].values()):.3f}")
         stage_end = state.step == schedule.boundaries[stage_index + 1]

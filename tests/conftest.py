@@ -126,3 +126,98 @@ def encoder_config(tokenizer):
         attention_probs_dropout_prob=0.0,
     )
     return build(model, len(tokenizer), tokenizer.pad_token_id)
+
+
+# ------------------------------------------------------------------ end-to-end helpers
+REPO = Path(__file__).resolve().parents[1]
+
+TINY_CONFIG = {
+    "model": {
+        "hidden_size": 32,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "intermediate_size": 64,
+        "max_position_embeddings": 64,
+    },
+    "tokenizer": {"vocab_size": 600},
+    "data": {
+        "corpus": "builtin:wikipedia-sample",
+        "max_documents": 12,
+        "max_seq_length": 64,
+        "num_proc": 1,
+    },
+    "tasks": {"mlm": {}, "sentence_distance": {}},
+    # cmtl, 2 tasks x 12: stage 1 = mlm 8 steps; stage 2 = mlm 4 + sentence_distance 12 (24 steps)
+    "schedule": {"kind": "cmtl", "iterations_per_task": 12},
+    "train": {
+        "micro_batch_size": 4,
+        "lr": 1e-3,
+        "warmup_steps": 2,
+        "checkpoint_every": 5,
+        "eval_batches": 2,
+    },
+    "logging": {"wandb_mode": "offline", "progress_bar": False},
+}
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One prepared-data cache for every end-to-end test of the session."""
+    return tmp_path_factory.mktemp("ernie-cache")
+
+
+@pytest.fixture()
+def tiny_config(tmp_path: Path, cache_dir: Path):
+    """Write the tiny config (with nested overrides) to a YAML file; returns its path."""
+    import copy
+
+    import yaml
+
+    def write(**sections) -> Path:
+        tree = copy.deepcopy(TINY_CONFIG)
+        tree["data"]["cache_dir"] = str(cache_dir)
+        for section, values in sections.items():
+            if isinstance(values, dict) and section != "tasks":
+                tree.setdefault(section, {}).update(values)
+            else:
+                tree[section] = values
+        path = tmp_path / f"config-{len(list(tmp_path.glob('config-*.yaml')))}.yaml"
+        path.write_text(yaml.safe_dump(tree))
+        return path
+
+    return write
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    """Environment for CLI subprocesses: offline, persistent extension cache, no secrets."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_"))
+    }
+    env.update(
+        HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", WANDB_MODE="offline", PYTHONUNBUFFERED="1"
+    )
+    env.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "torch_extensions"))
+    env.update(extra)
+    return env
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: int = 600, check: bool = True):
+    """Run ``python -m ernie_cpt.cli ARGS``; returns the CompletedProcess."""
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "ernie_cpt.cli", *args],
+        cwd=REPO,
+        env=env or cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"ernie-cpt {' '.join(args)} failed ({result.returncode}):\n{result.stderr[-4000:]}"
+        )
+    return result

@@ -1,0 +1,278 @@
+"""End-to-end runs of the CLI on a tiny config: train, kill, resume, export, bad inputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import REPO, cli_env, run_cli
+
+pytestmark = pytest.mark.slow
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def losses_by_step(run_dir: Path) -> dict[int, dict[str, float]]:
+    return {row["step"]: row["losses"] for row in metrics(run_dir)}
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory, cache_dir):
+    """One uninterrupted 24-step run (shared by the tests that compare against it)."""
+    import yaml
+    from conftest import TINY_CONFIG
+
+    tree = json.loads(json.dumps(TINY_CONFIG))
+    tree["data"]["cache_dir"] = str(cache_dir)
+    base = tmp_path_factory.mktemp("reference")
+    config = base / "config.yaml"
+    config.write_text(yaml.safe_dump(tree))
+    run_dir = base / "run"
+    secret = "sk-test-0123456789-do-not-log"
+    run_cli("train", str(config), "--output-dir", str(run_dir), env=cli_env(WANDB_API_KEY=secret))
+    return config, run_dir, secret
+
+
+def test_run_directory_holds_metrics_checkpoints_wandb_and_export(reference_run):
+    config, run_dir, _ = reference_run
+    rows = metrics(run_dir)
+    assert [r["step"] for r in rows] == list(range(1, 25))
+    assert {r["stage"] for r in rows} == {0, 1}
+    for key in ("step", "stage", "losses", "lr", "tokens", "tokens_per_s", "weights"):
+        assert key in rows[0]
+    # stage 2 trains sentence_distance with mlm attached to the same forward
+    assert any(set(r["losses"]) == {"mlm", "sentence_distance"} for r in rows if r["stage"] == 1)
+    # checkpoints: keep_checkpoints=3 newest, pointer names the last
+    kept = sorted(p.name for p in (run_dir / "checkpoints").glob("step-*"))
+    assert kept == ["step-00000015", "step-00000020", "step-00000024"]
+    assert (run_dir / "checkpoints" / "latest").read_text() == "step-00000024"
+    assert list((run_dir / "wandb").glob("offline-run-*"))
+    evals = [json.loads(line) for line in (run_dir / "eval.jsonl").read_text().splitlines()]
+    assert [e["stage"] for e in evals] == [-1, 0, 1]
+    assert set(evals[0]["metrics"]) == {"mlm", "sentence_distance"}
+
+
+def test_losses_fall_for_both_tasks(reference_run):
+    _, run_dir, _ = reference_run
+    rows = metrics(run_dir)
+    first_mlm = [r["losses"]["mlm"] for r in rows[:4]]
+    last_mlm = [r["losses"]["mlm"] for r in rows[-4:] if "mlm" in r["losses"]]
+    assert sum(last_mlm) / len(last_mlm) < sum(first_mlm) / len(first_mlm)
+
+
+def test_export_loads_with_automodel_offline(reference_run):
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    _, run_dir, _ = reference_run
+    export = run_dir / "export"
+    model = AutoModel.from_pretrained(str(export), local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(str(export), local_files_only=True)
+    assert model.config.use_task_id
+    info = json.loads((export / "task_ids.json").read_text())
+    assert info["task_ids"] == {"mlm": 0, "sentence_distance": 1}
+    assert (export / "heads.safetensors").exists() and (export / "model.safetensors").exists()
+    batch = tokenizer("Paris is a city.", return_tensors="pt", return_token_type_ids=True)
+    out = model(**batch, task_type_ids=torch.ones_like(batch["input_ids"]))
+    assert out.last_hidden_state.shape[-1] == 32
+    # the CLI export of the same run gives the same weights
+    again = run_dir.parent / "export-cli"
+    run_cli("export", str(run_dir), str(again))
+    from safetensors.torch import load_file
+
+    a, b = load_file(str(export / "model.safetensors")), load_file(str(again / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_api_key_never_written(reference_run):
+    _, run_dir, secret = reference_run
+    for path in run_dir.rglob("*"):
+        if path.is_file():
+            assert secret.encode() not in path.read_bytes(), f"secret found in {path}"
+
+
+def test_sigkill_and_resume_is_bitwise_equal_across_a_stage_boundary(reference_run, tmp_path):
+    config, reference, _ = reference_run
+    run_dir = tmp_path / "killed"
+    killed = run_cli(
+        "train",
+        str(config),
+        "--output-dir",
+        str(run_dir),
+        env=cli_env(ERNIE_CPT_FAULT="after_step:7"),
+        check=False,
+    )
+    assert killed.returncode == -9
+    assert max(losses_by_step(run_dir)) == 7  # last checkpoint: step 5; the stage ends at 8
+    resumed = run_cli("train", str(config), "--output-dir", str(run_dir), "--resume", "must")
+    assert "resumed from" in resumed.stderr and "step-00000005" in resumed.stderr
+    assert [r["step"] for r in metrics(run_dir)] == list(range(1, 25))  # each step once
+    assert losses_by_step(run_dir) == losses_by_step(reference)
+
+
+def test_kill_while_saving_leaves_a_partial_checkpoint_that_is_skipped(reference_run, tmp_path):
+    config, reference, _ = reference_run
+    run_dir = tmp_path / "killed-in-save"
+    killed = run_cli(
+        "train",
+        str(config),
+        "--output-dir",
+        str(run_dir),
+        env=cli_env(ERNIE_CPT_FAULT="in_save:10"),
+        check=False,
+    )
+    assert killed.returncode == -9
+    assert (run_dir / "checkpoints" / ".tmp-step-00000010").is_dir()
+    assert (run_dir / "checkpoints" / "latest").read_text() == "step-00000008"
+    resumed = run_cli("train", str(config), "--output-dir", str(run_dir))
+    assert "partial checkpoint" in resumed.stderr
+    assert losses_by_step(run_dir) == losses_by_step(reference)
+
+
+def test_corrupt_newest_checkpoint_is_named_and_older_one_used(reference_run, tmp_path):
+    config, reference, _ = reference_run
+    run_dir = tmp_path / "corrupt"
+    run_cli("train", str(config), "--output-dir", str(run_dir), "--max-steps", "10")
+    weights = run_dir / "checkpoints" / "step-00000010" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-16] + b"\0" * 16)
+    resumed = run_cli("train", str(config), "--output-dir", str(run_dir))
+    assert "skipping checkpoint" in resumed.stderr and "step-00000010" in resumed.stderr
+    assert "checksum mismatch" in resumed.stderr
+    assert "resumed from" in resumed.stderr and "step-00000008" in resumed.stderr
+    assert losses_by_step(run_dir) == losses_by_step(reference)
+
+
+def test_resume_must_without_checkpoint_fails_and_auto_says_fresh(tiny_config, tmp_path):
+    config = tiny_config()
+    result = run_cli(
+        "train",
+        str(config),
+        "--output-dir",
+        str(tmp_path / "empty"),
+        "--resume",
+        "must",
+        check=False,
+    )
+    assert result.returncode != 0
+    assert "no valid checkpoint" in result.stderr
+    fresh = run_cli(
+        "train", str(config), "--output-dir", str(tmp_path / "fresh"), "--max-steps", "1"
+    )
+    assert "starting fresh" in fresh.stderr
+
+
+def test_resume_with_incompatible_config_is_refused_with_keys(reference_run, tmp_path, tiny_config):
+    config, _, _ = reference_run
+    run_dir = tmp_path / "incompatible"
+    run_cli("train", str(config), "--output-dir", str(run_dir), "--max-steps", "5")
+    other = run_cli(
+        "train",
+        str(config),
+        "--output-dir",
+        str(run_dir),
+        "--set",
+        "train.micro_batch_size=8",
+        "--set",
+        "tasks.mlm.mask_probability=0.2",
+        check=False,
+    )
+    assert other.returncode != 0
+    assert "train.micro_batch_size" in other.stderr and "tasks.mlm.mask_probability" in other.stderr
+
+
+def test_bad_inputs_prepare_and_train_with_every_skip_counted(tiny_config, tmp_path):
+    corpus = tmp_path / "bad.jsonl"
+    good = " ".join(f"Sentence number {i} talks about topic {i % 5}." for i in range(12))
+    lines = [
+        json.dumps({"id": "good-1", "text": good}).encode(),
+        json.dumps({"id": "good-2", "text": good.replace("topic", "subject")}).encode(),
+        json.dumps({"id": "good-3", "text": good.replace("Sentence", "Line")}).encode(),
+        json.dumps({"id": "empty", "text": ""}).encode(),
+        json.dumps({"id": "blank", "text": "   \n\t  "}).encode(),
+        json.dumps({"id": "one", "text": "Only one sentence here."}).encode(),
+        json.dumps({"id": "nofield", "body": "The text field is missing."}).encode(),
+        b'{"id": "badutf8", "text": "Broken \xff\xfe bytes here. And a second sentence."}',
+        json.dumps({"id": "long", "text": "word " * 50_000}).encode(),
+    ]
+    corpus.write_bytes(b"\n".join(lines) + b"\n")
+    config = tiny_config(
+        data={"corpus": str(corpus), "max_documents": None, "heldout_fraction": 0.2}
+    )
+    run_dir = tmp_path / "run"
+    run_cli("train", str(config), "--output-dir", str(run_dir), "--max-steps", "12")
+    assert len(metrics(run_dir)) == 12
+    prepared = run_cli("prepare", str(config))
+    report = json.loads(prepared.stdout)
+    skipped = report["skipped_inputs"]
+    assert skipped.get("empty_document") == 2
+    assert skipped.get("missing_text") == 1
+    assert report["documents"]["invalid_utf8_documents"] == 1
+    assert report["documents"]["one_sentence_documents"] == 1
+    assert report["documents"]["raw_records"] == 9
+    assert report["documents"]["documents"] + sum(skipped.values()) == 9
+    sd = report["tasks"]["sentence_distance"]
+    assert (
+        sd["train_skipped_documents"].get("fewer_than_two_sentences", 0)
+        + sd["heldout_skipped_documents"].get("fewer_than_two_sentences", 0)
+        == 1
+    )
+
+
+@pytest.mark.parametrize(
+    ("zero_stage", "precision"), [(1, "fp32"), (2, "fp32"), (3, "fp32"), (2, "bf16")]
+)
+def test_zero_stages_train_with_idle_heads(tiny_config, tmp_path, zero_stage, precision):
+    # 10 steps cross the stage boundary at 8: sentence_distance's head is idle, then used
+    config = tiny_config(train={"zero_stage": zero_stage, "precision": precision})
+    run_dir = tmp_path / "run"
+    run_cli("train", str(config), "--output-dir", str(run_dir), "--max-steps", "10")
+    rows = metrics(run_dir)
+    assert len(rows) == 10 and "sentence_distance" in rows[-1]["losses"]
+    assert all(v == v and abs(v) < 1e4 for r in rows for v in r["losses"].values())
+    assert (run_dir / "checkpoints" / "step-00000010" / "model.safetensors").exists()
+
+
+def test_two_processes_on_cpu_with_gloo(tiny_config, tmp_path):
+    config = tiny_config()
+    run_dir = tmp_path / "run"
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "0",
+        "-m",
+        "ernie_cpt.cli",
+        "train",
+        str(config),
+        "--output-dir",
+        str(run_dir),
+        "--max-steps",
+        "10",
+    ]
+    result = subprocess.run(
+        command,
+        cwd=REPO,
+        env=cli_env(OMP_NUM_THREADS="1"),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    rows = metrics(run_dir)
+    assert [r["step"] for r in rows] == list(range(1, 11))
+    single = tmp_path / "single"
+    run_cli("train", str(config), "--output-dir", str(single), "--max-steps", "10")
+    # two ranks see twice the samples per step
+    assert rows[0]["samples"]["mlm"] > metrics(single)[0]["samples"]["mlm"]
+    assert sorted(os.listdir(run_dir / "checkpoints" / "step-00000010")).count("rng-rank1.pt") == 1
+    shutil.rmtree(run_dir)
