@@ -327,16 +327,20 @@ def save_weights(state: Mapping[str, torch.Tensor] | None, path: Path) -> None:
 
 
 def run_evaluation(
-    run: Run, step: int, stage: int, log_file: JsonlLog | None, wandb_run: WandbRun
+    run: Run, step: int, stage: int, kind: str, log_file: JsonlLog | None, wandb_run: WandbRun
 ) -> None:
-    """Held-out metrics of every task; one row in eval.jsonl."""
+    """Held-out metrics of every task; one row in eval.jsonl.
+
+    ``kind`` is "initial" (before step 1, stage -1: the b[j] of forgetting metrics),
+    "stage_end" (after the last step of ``stage``) or "periodic" (``train.eval_every``).
+    """
     if run.config.train.eval_batches <= 0:
         return
     metrics = evaluate(
         run.engine, run.data, run.state.task_ids, run.config.train, run.rank, run.world_size
     )
     if log_file is not None:
-        log_file.write({"step": step, "stage": stage, "metrics": metrics})
+        log_file.write({"step": step, "stage": stage, "kind": kind, "metrics": metrics})
     wandb_run.log({f"eval/{t}/{k}": v for t, m in metrics.items() for k, v in m.items()}, step)
 
 
@@ -361,7 +365,7 @@ def train(
         config.logging, run.run_dir, config.to_dict(), state.run_id, enabled=rank == 0
     )
     if state.step == 0:
-        run_evaluation(run, 0, -1, evals, wandb_run)  # the initial model: b[j]
+        run_evaluation(run, 0, -1, "initial", evals, wandb_run)  # the initial model: b[j]
     bar = tqdm(
         total=stop,
         initial=state.step,
@@ -403,7 +407,9 @@ def train(
         bar.set_postfix(stage=stage_index, task=task, loss=f"{sum(result['losses'].values()):.3f}")
         stage_end = state.step == schedule.boundaries[stage_index + 1]
         if stage_end:
-            run_evaluation(run, state.step, stage_index, evals, wandb_run)
+            run_evaluation(run, state.step, stage_index, "stage_end", evals, wandb_run)
+        elif config.train.eval_every and state.step % config.train.eval_every == 0:
+            run_evaluation(run, state.step, stage_index, "periodic", evals, wandb_run)
             wandb_run.log({"schedule/stage_end": stage_index}, state.step)
         if stage_end or state.step % config.train.checkpoint_every == 0 or state.step == stop:
             save(run, state.step)
