@@ -132,6 +132,9 @@ class TrainConfig:
     seed: int = 42
     # One forward per step for one sentence-level task plus every active token-level task.
     combine_token_tasks: bool = True
+    # Per-task gradient norms and cosines every N steps (0 = off); see ernie_cpt.gradients.
+    grad_telemetry_every: int = 0
+    grad_telemetry_scope: str = "last_layer"
 
 
 @dataclass(frozen=True)

@@ -69,6 +69,8 @@ def flat_metrics(row: Mapping[str, Any]) -> dict[str, Any]:
         out[f"train/{task}/loss"] = loss
     for task, weight in row.get("weights", {}).items():
         out[f"weights/{task}"] = weight
+    for task, norm in row.get("grad", {}).get("norms", {}).items():
+        out[f"grad/{task}/norm"] = norm
     out["throughput/tokens_per_s"] = row["tokens_per_s"]
     out["throughput/tokens"] = row["tokens"]
     out["schedule/task_id"] = row.get("task_id")
@@ -124,6 +126,16 @@ class WandbRun:
         """Log values at an optimizer step."""
         if self.run is not None:
             self.run.log({**values, "trainer/step": step})
+
+    def log_matrix(self, name: str, matrix: Mapping[str, Mapping[str, float]], step: int) -> None:
+        """Log a square task x task matrix (e.g. gradient cosines) as a ``wandb.Table``."""
+        if self.run is None:
+            return
+        import wandb
+
+        tasks = list(matrix)
+        rows = [[a, *(matrix[a][b] for b in tasks)] for a in tasks]
+        self.run.log({name: wandb.Table(columns=["task", *tasks], data=rows), "trainer/step": step})
 
     def finish(self) -> None:
         """Close the run (syncs offline files to disk)."""

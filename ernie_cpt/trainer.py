@@ -25,7 +25,9 @@ from ernie_cpt.config import RunConfig, diff_configs, save_config
 from ernie_cpt.data import TaskStream
 from ernie_cpt.engine import all_reduce_sum, build_engine, device, init_distributed
 from ernie_cpt.evaluation import evaluate
-from ernie_cpt.model import build_model
+from ernie_cpt.gradients import gradient_telemetry
+from ernie_cpt.grow import transfer
+from ernie_cpt.model import build_model, grow_task_embeddings
 from ernie_cpt.prepare import PreparedData, prepare_data
 from ernie_cpt.telemetry import JsonlLog, WandbRun, flat_metrics
 from ernie_cpt.train_module import TrainModule, describe, merge_stats, reduce_stats
@@ -36,6 +38,7 @@ from schedules.sampling import with_dataset_sizes
 
 log = logging.getLogger(__name__)
 
+TELEMETRY_SEED = 7
 # Keys that must match between a checkpoint and the config resuming it.
 RESUME_KEYS = (
     "model",
@@ -150,16 +153,35 @@ def resume_checkpoint(root: Path, mode: str) -> Path | None:
     return found
 
 
-def check_compatible(saved: Mapping[str, Any], config: RunConfig, data: PreparedData) -> None:
-    """Refuse to resume with a config that changes what the checkpoint means."""
+def added_tasks(saved: Mapping[str, Any], config: RunConfig) -> list[str]:
+    """Tasks the config adds to a checkpoint's run (the old ones must all still be there)."""
+    old = list(saved["config"]["tasks"])
+    missing = [t for t in old if t not in config.tasks]
+    if missing:
+        raise SystemExit(f"cannot resume: the config drops tasks of the checkpoint: {missing}")
+    return [t for t in config.tasks if t not in old]
+
+
+def check_compatible(
+    saved: Mapping[str, Any], config: RunConfig, data: PreparedData, added: list[str]
+) -> None:
+    """Refuse to resume with a config that changes what the checkpoint means.
+
+    With ``added`` tasks, the new tasks' options and the schedule may differ (the schedule
+    is then checked by ``check_schedule_prefix``).
+    """
     from ernie_cpt.config import flatten
 
+    ignored = ("schedule", *(f"tasks.{t}" for t in added)) if added else ()
+
+    def under(key: str, prefix: str) -> bool:
+        return key == prefix or key.startswith(prefix + ".")
+
     def pick(tree: Mapping[str, Any]) -> dict[str, Any]:
-        flat = flatten(tree)
         return {
             k: v
-            for k, v in flat.items()
-            if any(k == p or k.startswith(p + ".") for p in RESUME_KEYS)
+            for k, v in flatten(tree).items()
+            if any(under(k, p) for p in RESUME_KEYS) and not any(under(k, p) for p in ignored)
         }
 
     differing = diff_configs(pick(saved["config"]), pick(config.to_dict()))
@@ -171,8 +193,51 @@ def check_compatible(saved: Mapping[str, Any], config: RunConfig, data: Prepared
         )
 
 
+def check_schedule_prefix(old: Schedule, new: Schedule, step: int) -> None:
+    """Adding tasks: ``step`` ends a stage of both schedules, and the stages so far agree."""
+    if step not in old.boundaries or step not in new.boundaries:
+        raise SystemExit(
+            f"cannot add tasks at step {step}: resume from the end of a stage "
+            f"(old stages end at {old.boundaries[1:]}, new at {new.boundaries[1:]})"
+        )
+    done = old.boundaries.index(step)
+    before = [s.to_dict() for s in old.stages[:done]]
+    after = [s.to_dict() for s in new.stages[:done]]
+    if before != after:
+        raise SystemExit(
+            "cannot add tasks: the new schedule changes stages already trained "
+            f"(old {before}, new {after}); keep them and append stages"
+        )
+
+
+def build_module(
+    config: RunConfig, data: PreparedData, tasks: list[str], schedule: Schedule, task_rows: int
+) -> TrainModule:
+    """Model (heads of ``tasks``, task embedding of at least ``task_rows`` rows) + weightings."""
+    chosen = {name: data.tasks[name] for name in tasks}
+    model = build_model(config.model, chosen, len(data.tokenizer), data.tokenizer.pad_token_id)
+    grow_task_embeddings(model, task_rows)
+    return TrainModule(model, chosen, build_weightings(schedule, config.train.zero_stage))
+
+
+def load_with_added_tasks(
+    config: RunConfig, data: PreparedData, saved: Mapping[str, Any], checkpoint: Path, engine: Any
+) -> None:
+    """Load the checkpoint into an engine of the old shape, then move its state into ``engine``."""
+    import torch.distributed as dist
+
+    old_schedule = Schedule.from_dict(saved["schedule"])
+    rows = max(saved["train_state"]["task_ids"].values()) + 1
+    module = build_module(config, data, list(saved["config"]["tasks"]), old_schedule, rows)
+    old_engine = build_engine(module, config.train, old_schedule.total_steps, dist.get_world_size())
+    old_engine.load_checkpoint(str(checkpoint.parent), tag=checkpoint.name)
+    transfer(old_engine, engine)
+
+
 def setup(config: RunConfig, run_dir: Path, resume: str, progress: bool) -> Run:
     """Process group, data, model, engine and (possibly restored) state."""
+    if config.train.grad_telemetry_every and config.train.zero_stage == 3:
+        raise ValueError("train.grad_telemetry_every needs full parameters: use ZeRO stage 0-2")
     rank, world_size = init_distributed()
     torch.manual_seed(stable_seed(config.train.seed, "init") % 2**63)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -180,19 +245,31 @@ def setup(config: RunConfig, run_dir: Path, resume: str, progress: bool) -> Run:
     found = resume_checkpoint(root, resume)  # before any expensive work: --resume must fails fast
     data = _prepare_on_rank_zero(config, rank, progress)
     schedule = build_schedule_for(config, {name: len(ds) for name, ds in data.train.items()})
-    task_ids = {name: i for i, name in enumerate(schedule.tasks)}
-    model = build_model(config.model, data.tasks, len(data.tokenizer), data.tokenizer.pad_token_id)
-    module = TrainModule(model, data.tasks, build_weightings(schedule, config.train.zero_stage))
+    saved = ckpt.read_state(found) if found is not None else None
+    added = added_tasks(saved, config) if saved else []
+    if saved:
+        check_compatible(saved, config, data, added)
+    task_ids = dict(saved["train_state"]["task_ids"]) if saved else {}
+    for name in schedule.tasks:  # a task keeps its id for life; new tasks get the next ones
+        task_ids.setdefault(name, len(task_ids))
+    module = build_module(config, data, list(config.tasks), schedule, max(task_ids.values()) + 1)
+    model = module.model
     engine = build_engine(module, config.train, schedule.total_steps, world_size)
     streams = build_streams(config, data, rank, world_size)
     state = TrainState(task_ids=task_ids, run_id=uuid.uuid4().hex[:12])
-    if found is not None:
-        saved = ckpt.read_state(found)
-        check_compatible(saved, config, data)
-        engine.load_checkpoint(str(root), tag=found.name)
+    if saved:
+        if added:
+            check_schedule_prefix(
+                Schedule.from_dict(saved["schedule"]), schedule, saved["train_state"]["step"]
+            )
+            load_with_added_tasks(config, data, saved, found, engine)
+            log.info("added tasks %s to the run", added)
+        else:
+            engine.load_checkpoint(str(root), tag=found.name)
         state = TrainState(**saved["train_state"])
+        state.task_ids = task_ids
         for name, stream in streams.items():
-            stream.load_state(state.cursors[name])
+            stream.load_state(state.cursors.get(name, stream.state()))
         ckpt.set_rng_state(ckpt.load_rng(found, rank))
         log.info("resumed from %s at step %d", found, state.step)
     if rank == 0:
@@ -268,6 +345,20 @@ def train_step(run: Run, task: str, stage: Stage, step: int) -> dict[str, Any]:
         "lr": lr,
         "weights": {n: float(w) for n, w in weights.items()},
     }
+
+
+def telemetry_batches(run: Run, tasks: tuple[str, ...]) -> dict[str, dict[str, torch.Tensor]]:
+    """One fixed batch per task (held-out split, else the first training examples)."""
+    batches = {}
+    for name in tasks:
+        dataset = run.data.heldout[name] if len(run.data.heldout[name]) else run.data.train[name]
+        examples = dataset[: run.config.train.micro_batch_size]
+        batch = run.data.tasks[name].collate(
+            examples, torch.Generator().manual_seed(TELEMETRY_SEED)
+        )
+        batch["task_type_ids"] = torch.full_like(batch["input_ids"], run.state.task_ids[name])
+        batches[name] = {k: v.to(device()) for k, v in batch.items()}
+    return batches
 
 
 def fault_point(name: str, step: int) -> None:
@@ -399,6 +490,14 @@ def train(
             "tokens_per_s": result["tokens"] / seconds if seconds > 0 else 0.0,
             "samples": result["samples"],
         }
+        every = config.train.grad_telemetry_every
+        if every and state.step % every == 0:
+            row["grad"] = gradient_telemetry(
+                run.engine.module,
+                telemetry_batches(run, stage.tasks),
+                config.train.grad_telemetry_scope,
+            )
+            wandb_run.log_matrix("grad/cosine", row["grad"]["cosine"], state.step)
         if metrics is not None:
             metrics.write(row)
         wandb_run.log(flat_metrics(row), state.step)

@@ -128,6 +128,17 @@ def encoder_config(tokenizer):
     return build(model, len(tokenizer), tokenizer.pad_token_id)
 
 
+@pytest.fixture(scope="session")
+def distributed():
+    """A one-process gloo group (DeepSpeed's CPU path); returns the deepspeed module."""
+    import deepspeed
+
+    from ernie_cpt.engine import init_distributed
+
+    init_distributed()
+    return deepspeed
+
+
 # ------------------------------------------------------------------ end-to-end helpers
 REPO = Path(__file__).resolve().parents[1]
 

@@ -6,8 +6,6 @@ from __future__ import annotations
 import copy
 import io
 import math
-import os
-import socket
 
 import pytest
 import torch
@@ -363,25 +361,6 @@ def test_project_conflicting():
 
 
 # --- through a real DeepSpeed engine ----------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def distributed():
-    deepspeed = pytest.importorskip("deepspeed")
-    if not torch.distributed.is_initialized():
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        for key, value in {
-            "RANK": "0",
-            "LOCAL_RANK": "0",
-            "WORLD_SIZE": "1",
-            "MASTER_ADDR": "127.0.0.1",
-            "MASTER_PORT": str(port),
-        }.items():
-            os.environ.setdefault(key, value)
-        deepspeed.init_distributed(dist_backend="gloo")
-    return deepspeed
 
 
 class TinyMultiTask(nn.Module):
