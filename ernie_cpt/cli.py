@@ -113,6 +113,97 @@ def cmd_schedule(args: argparse.Namespace) -> int:
     return 0
 
 
+def _finetune_args(parser: argparse.ArgumentParser, prefix: str = "") -> None:
+    """Fine-tuning settings of ``evaluate`` (and of ``compare --downstream``, prefixed)."""
+    from ernie_cpt.downstream import TASK_TYPES, FinetuneConfig
+
+    d = FinetuneConfig()
+    add = parser.add_argument
+    add(f"--{prefix}seeds", type=int, default=5, help="fine-tuning seeds (median reported)")
+    add(f"--{prefix}task-type", choices=TASK_TYPES, default="auto")
+    add(f"--{prefix}epochs", type=int, default=d.epochs)
+    add(f"--{prefix}lr", type=float, default=d.lr)
+    add(f"--{prefix}batch-size", type=int, default=d.batch_size)
+    add(f"--{prefix}max-length", type=int, default=d.max_length)
+    add(f"--{prefix}dev-fraction", type=float, default=d.dev_fraction, help="held out as dev")
+    add(f"--{prefix}task-id", type=int, default=d.task_id, help="task embedding id of inputs")
+    add(f"--{prefix}threads", type=int, default=None, help="torch CPU threads")
+
+
+def _finetune_config(args: argparse.Namespace, prefix: str = "") -> object:
+    from ernie_cpt.downstream import FinetuneConfig
+
+    get = lambda name: getattr(args, prefix.replace("-", "_") + name)  # noqa: E731
+    return FinetuneConfig(
+        epochs=get("epochs"),
+        lr=get("lr"),
+        batch_size=get("batch_size"),
+        max_length=get("max_length"),
+        dev_fraction=get("dev_fraction"),
+        task_id=get("task_id"),
+        threads=get("threads"),
+    )
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Train every schedule x seed (resumable), evaluate, write report.md and summary.json."""
+    from ernie_cpt.compare import DownstreamPlan, RunFailed, compare, parse_schedules
+
+    path = args.config_option or args.config
+    if path is None:
+        raise ConfigError("a config file is needed: ernie-cpt compare CONFIG --schedules ...")
+    downstream = None
+    if args.downstream:
+        downstream = DownstreamPlan(
+            tuple(args.downstream),
+            args.downstream_seeds,
+            args.downstream_task_type,
+            _finetune_config(args, "downstream-"),
+        )
+    try:
+        summary = compare(
+            path,
+            args.overrides,
+            parse_schedules(args.schedules),
+            args.seeds,
+            Path(args.output_dir),
+            group=args.group,
+            metric=args.metric,
+            downstream=downstream,
+            wandb_summary=not args.no_wandb,
+            interval=args.progress_every,
+        )
+    except RunFailed as error:
+        print(f"ernie-cpt: error: {error}", file=sys.stderr)
+        return 1
+    from ernie_cpt.report import summary_table
+
+    print("\n".join(summary_table(summary)))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Fine-tune an exported encoder on labelled data with k seeds; print the median."""
+    from ernie_cpt.downstream import evaluate_model
+    from ernie_cpt.report import json_safe
+
+    result = evaluate_model(
+        args.model_dir,
+        args.data,
+        dev_path=args.dev,
+        task_type=args.task_type,
+        seeds=args.seeds,
+        config=_finetune_config(args),
+        text_fields=args.text_fields.split(",") if args.text_fields else None,
+        label_field=args.label_field,
+    )
+    text = json.dumps(json_safe(result), indent=2)
+    if args.out:
+        Path(args.out).write_text(text + "\n", encoding="utf-8")
+    print(text)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = argparse.ArgumentParser(prog="ernie-cpt", description=__doc__)
@@ -148,6 +239,45 @@ def build_parser() -> argparse.ArgumentParser:
     schedule = sub.add_parser("schedule", help="print the stage table of a config's schedule")
     _config_args(schedule)
     schedule.set_defaults(func=cmd_schedule)
+
+    compare = sub.add_parser(
+        "compare", help="compare schedules over seeds at matched compute (resumable)"
+    )
+    _config_args(compare)
+    compare.add_argument("--output-dir", required=True, help="comparison directory")
+    compare.add_argument(
+        "--schedules", default="continual,multitask,cmtl", help="comma-separated schedule kinds"
+    )
+    compare.add_argument("--seeds", type=int, default=2, help="seeds per schedule")
+    compare.add_argument("--group", default=None, help="W&B group (default: from the directory)")
+    compare.add_argument(
+        "--metric", default="accuracy", help="held-out metric used as the score R[i][j]"
+    )
+    compare.add_argument(
+        "--downstream",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="labelled TSV/JSONL to fine-tune every final model on (repeatable)",
+    )
+    _finetune_args(compare, prefix="downstream-")
+    compare.add_argument("--no-wandb", action="store_true", help="skip the W&B summary run")
+    compare.add_argument(
+        "--progress-every", type=float, default=15.0, help="seconds between progress lines"
+    )
+    compare.set_defaults(func=cmd_compare)
+
+    evaluate = sub.add_parser(
+        "evaluate", help="fine-tune an exported model on labelled data (median over seeds)"
+    )
+    evaluate.add_argument("model_dir", help="an export directory (AutoModel-loadable)")
+    evaluate.add_argument("--data", required=True, help="labelled TSV (with header) or JSONL")
+    evaluate.add_argument("--dev", default=None, help="dev file (default: hold out a fraction)")
+    evaluate.add_argument("--text-fields", default=None, help="e.g. sentence1,sentence2")
+    evaluate.add_argument("--label-field", default=None)
+    evaluate.add_argument("--out", default=None, help="also write the result JSON here")
+    _finetune_args(evaluate)
+    evaluate.set_defaults(func=cmd_evaluate)
     return parser
 
 
@@ -161,7 +291,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    for noisy in ("DeepSpeed", "deepspeed", "datasets", "httpx", "urllib3"):
+    for noisy in ("DeepSpeed", "deepspeed", "datasets", "httpx", "urllib3", "bm25s"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         return args.func(args)

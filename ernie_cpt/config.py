@@ -26,7 +26,10 @@ class ConfigError(ValueError):
 
 def did_you_mean(name: str, choices: Iterable[str]) -> str:
     """Return ' (did you mean "x"?)' for the closest choice, or '' if none is close."""
-    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
+    choices = list(choices)
+    close = difflib.get_close_matches(name, choices, n=1, cutoff=0.6)
+    if not close:  # "lr_rate" -> "lr": a choice that the name starts with (or vice versa)
+        close = sorted((c for c in choices if name.startswith(c) or c.startswith(name)), key=len)
     return f' (did you mean "{close[0]}"?)' if close else ""
 
 
@@ -203,6 +206,17 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def _number(text: str, where: str) -> int | float:
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        raise ConfigError(f"{where}: expected a number, got {text!r}") from None
+
+
 def _coerce(value: Any, annotation: Any, where: str) -> Any:
     """Check/convert one YAML value against a dataclass field annotation."""
     origin = typing.get_origin(annotation)
@@ -218,6 +232,8 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
         if isinstance(value, bool):
             return value
         raise ConfigError(f"{where}: expected true/false, got {value!r}")
+    if annotation in (int, float) and isinstance(value, str):
+        value = _number(value, where)  # YAML 1.1 reads "3e-4" as a string
     if annotation is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value

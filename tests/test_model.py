@@ -1,0 +1,62 @@
+"""The model: ERNIE encoder with a task embedding, tied masked-LM head, init_from BERT."""
+
+from __future__ import annotations
+
+import torch
+from transformers import BertConfig, BertForMaskedLM
+
+from ernie_cpt.config import ModelConfig
+from ernie_cpt.model import build_model, grow_task_embeddings
+from pretrain_tasks import build_task
+
+TINY = dict(
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    intermediate_size=64,
+    max_position_embeddings=64,
+)
+
+
+def tasks_for(tokenizer):
+    return {name: build_task(name, {}, tokenizer, 64) for name in ("mlm", "sentence_distance")}
+
+
+def test_heads_in_module_dict_and_mlm_decoder_tied(tokenizer):
+    model = build_model(
+        ModelConfig(**TINY), tasks_for(tokenizer), len(tokenizer), tokenizer.pad_token_id
+    )
+    assert set(model.heads) == {"mlm", "sentence_distance"}
+    assert model.heads["mlm"].decoder.weight is model.encoder.embeddings.word_embeddings.weight
+    assert model.encoder.config.use_task_id
+    assert model.encoder.config._attn_implementation == "sdpa"
+
+
+def test_init_from_a_local_bert_checkpoint_loads_its_weights(tokenizer, tmp_path):
+    bert = BertForMaskedLM(BertConfig(vocab_size=len(tokenizer), **TINY))
+    bert.save_pretrained(tmp_path)  # safetensors, keys prefixed "bert."
+    model = build_model(
+        ModelConfig(init_from=str(tmp_path), **TINY),
+        tasks_for(tokenizer),
+        len(tokenizer),
+        tokenizer.pad_token_id,
+    )
+    ours = model.encoder.state_dict()
+    for key, value in bert.bert.state_dict().items():
+        if key in ours:
+            assert torch.equal(ours[key], value), key
+    assert "embeddings.task_type_embeddings.weight" in ours  # the task embedding is added
+
+
+def test_task_embedding_grows_keeping_trained_rows(tokenizer):
+    model = build_model(
+        ModelConfig(task_type_vocab_size=2, **TINY),
+        tasks_for(tokenizer),
+        len(tokenizer),
+        tokenizer.pad_token_id,
+    )
+    before = model.encoder.embeddings.task_type_embeddings.weight.detach().clone()
+    grow_task_embeddings(model, 5)
+    after = model.encoder.embeddings.task_type_embeddings.weight
+    assert after.shape == (5, 32) and torch.equal(after[:2], before)
+    assert model.encoder.config.task_type_vocab_size == 5
