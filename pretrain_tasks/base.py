@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar, NamedTuple, Protocol, runtime_checkable
@@ -278,6 +279,63 @@ class TokenClassificationHead(nn.Module):
     def forward(self, token_states: Tensor) -> Tensor:
         """Logits for each selected token."""
         return self.classifier(self.dropout(token_states))
+
+
+class SentenceClassification:
+    """The shared half of sentence-level tasks with one integer label per example, predicted
+    from the pooled [CLS] output. A task sets ``label_column``, ``num_labels`` and
+    ``label_names`` and writes its own ``build_examples``."""
+
+    label_column: ClassVar[str]
+    label_names: Sequence[str] = ()
+    num_labels: int
+    tokenizer: Any
+
+    def example_columns(self) -> dict[str, str]:
+        """One integer label per example."""
+        return {self.label_column: "int"}
+
+    def collate(
+        self, examples: Mapping[str, Sequence[Any]], generator: torch.Generator
+    ) -> dict[str, Tensor]:
+        """Padded inputs and their labels (no randomness)."""
+        batch = collate_inputs(examples, self.tokenizer.pad_token_id)
+        batch[self.label_column] = torch.as_tensor(examples[self.label_column], dtype=torch.long)
+        return batch
+
+    def build_head(self, config: Any) -> nn.Module:
+        """A classifier on the pooled output."""
+        return SentenceClassificationHead(
+            config.hidden_size, self.num_labels, config.hidden_dropout_prob
+        )
+
+    def loss(self, head: nn.Module, encoded: Encoded, batch: Mapping[str, Tensor]) -> TaskLoss:
+        """Cross-entropy on the label."""
+        return classification_loss(head(encoded.pooled_output), batch[self.label_column])
+
+    def metrics(self, stats: Mapping[str, float]) -> dict[str, float]:
+        """Accuracy and mean loss."""
+        return accuracy_metrics(stats)
+
+    def label_counts(self, columns: Mapping[str, Sequence[Any]]) -> dict[str, int]:
+        """Examples per label name."""
+        counts = Counter(int(label) for label in columns[self.label_column])
+        return {name: counts.get(i, 0) for i, name in enumerate(self.label_names)}
+
+
+class AttachingCollate:
+    """Token-level tasks: a batch of their own examples is the shared columns padded, then
+    the task's own ``attach`` (the same code that labels other tasks' batches)."""
+
+    tokenizer: Any
+
+    def collate(
+        self, examples: Mapping[str, Sequence[Any]], generator: torch.Generator
+    ) -> dict[str, Tensor]:
+        """Pad the shared columns, then attach this task's labels (and masking)."""
+        batch = collate_inputs(examples, self.tokenizer.pad_token_id)
+        self.attach(batch, examples, generator)
+        return batch
 
 
 @runtime_checkable

@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from pretrain_tasks.base import (
     IGNORE_INDEX,
+    AttachingCollate,
     CorpusView,
     Encoded,
     SkipDocument,
@@ -36,7 +37,6 @@ from pretrain_tasks.base import (
     TokenClassificationHead,
     accuracy_metrics,
     classification_loss,
-    collate_inputs,
     pad_column,
 )
 from pretrain_tasks.knowledge_masking import PackedSegment, pack_sentences_with_offsets
@@ -140,7 +140,7 @@ class CapitalizationSettings:
     ignore_sentence_initial: bool = False
 
 
-class CapitalizationTask:
+class CapitalizationTask(AttachingCollate):
     """Predict from uncased input whether each word was capitalised."""
 
     name: ClassVar[str] = "capitalization"
@@ -184,14 +184,6 @@ class CapitalizationTask:
                 self.tokenizer, sentences, self.max_seq_length
             )
         ]
-
-    def collate(
-        self, examples: Mapping[str, Sequence[Any]], generator: torch.Generator
-    ) -> dict[str, Tensor]:
-        """Padded inputs and labels (no randomness)."""
-        batch = collate_inputs(examples, self.tokenizer.pad_token_id)
-        self.attach(batch, examples, generator)
-        return batch
 
     def attach(
         self,

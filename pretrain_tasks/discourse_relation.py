@@ -35,25 +35,16 @@ import csv
 import json
 import random
 import re
-from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-import torch
-from torch import Tensor, nn
-
 from pretrain_tasks.base import (
     CorpusView,
-    Encoded,
-    SentenceClassificationHead,
+    SentenceClassification,
     SkipDocument,
-    TaskLoss,
     UserRows,
-    accuracy_metrics,
-    classification_loss,
-    collate_inputs,
     encode_pair,
 )
 
@@ -291,13 +282,14 @@ class DiscourseRelationSettings:
             raise ValueError(f"label_by must be one of {LABEL_BY}, got {self.label_by!r}")
 
 
-class DiscourseRelationTask:
+class DiscourseRelationTask(SentenceClassification):
     """Classify the discourse relation (or marker) linking a sentence to the one before it."""
 
     name: ClassVar[str] = "discourse_relation"
     family: ClassVar[str] = "semantic-aware"
     level: ClassVar[str] = "sentence"
     Settings: ClassVar[type] = DiscourseRelationSettings
+    label_column: ClassVar[str] = LABEL_COLUMN
 
     def __init__(
         self, settings: DiscourseRelationSettings, tokenizer: Any, max_seq_length: int
@@ -331,10 +323,6 @@ class DiscourseRelationTask:
             return self._label_of[MARKER_RELATION[marker]]
         return self._label_of[marker]
 
-    def example_columns(self) -> dict[str, str]:
-        """One relation (or marker) label per pair."""
-        return {LABEL_COLUMN: "int"}
-
     def build_examples(
         self, document: Any, corpus: CorpusView, rng: random.Random
     ) -> list[dict[str, Any]]:
@@ -359,30 +347,3 @@ class DiscourseRelationTask:
             }
             for first, second, marker in rows
         ]
-
-    def collate(
-        self, examples: Mapping[str, Sequence[Any]], generator: torch.Generator
-    ) -> dict[str, Tensor]:
-        """Padded pairs and their labels."""
-        batch = collate_inputs(examples, self.tokenizer.pad_token_id)
-        batch[LABEL_COLUMN] = torch.as_tensor(examples[LABEL_COLUMN], dtype=torch.long)
-        return batch
-
-    def build_head(self, config: Any) -> nn.Module:
-        """A relation (or marker) classifier on the pooled output."""
-        return SentenceClassificationHead(
-            config.hidden_size, self.num_labels, config.hidden_dropout_prob
-        )
-
-    def loss(self, head: nn.Module, encoded: Encoded, batch: Mapping[str, Tensor]) -> TaskLoss:
-        """Cross-entropy on the relation label."""
-        return classification_loss(head(encoded.pooled_output), batch[LABEL_COLUMN])
-
-    def metrics(self, stats: Mapping[str, float]) -> dict[str, float]:
-        """Accuracy and mean loss."""
-        return accuracy_metrics(stats)
-
-    def label_counts(self, columns: Mapping[str, Sequence[Any]]) -> dict[str, int]:
-        """Examples per relation class (or marker)."""
-        counts = Counter(int(label) for label in columns[LABEL_COLUMN])
-        return {name: counts.get(i, 0) for i, name in enumerate(self.label_names)}

@@ -34,26 +34,18 @@ from __future__ import annotations
 import csv
 import json
 import random
-from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
-import torch
-from torch import Tensor, nn
 
 from pretrain_tasks.base import (
     CorpusView,
-    Encoded,
-    SentenceClassificationHead,
+    SentenceClassification,
     SkipDocument,
-    TaskLoss,
     UserRows,
-    accuracy_metrics,
-    classification_loss,
-    collate_inputs,
     encode_pair,
 )
 
@@ -210,13 +202,15 @@ class IRRelevanceSettings:
     max_index_passages: int = 50_000
 
 
-class IRRelevanceTask:
+class IRRelevanceTask(SentenceClassification):
     """Classify a (query, passage) pair as strongly / weakly relevant or irrelevant."""
 
     name: ClassVar[str] = "ir_relevance"
     family: ClassVar[str] = "semantic-aware"
     level: ClassVar[str] = "sentence"
     Settings: ClassVar[type] = IRRelevanceSettings
+    label_column: ClassVar[str] = LABEL_COLUMN
+    label_names = LABEL_NAMES
     num_labels = 3
 
     def __init__(self, settings: IRRelevanceSettings, tokenizer: Any, max_seq_length: int) -> None:
@@ -243,10 +237,6 @@ class IRRelevanceTask:
             self._index = (corpus, PassageIndex(sentences[:limit], ids[:limit]))
         return self._index[1]
 
-    def example_columns(self) -> dict[str, str]:
-        """One relevance label per (query, passage) pair."""
-        return {LABEL_COLUMN: "int"}
-
     def build_examples(
         self, document: Any, corpus: CorpusView, rng: random.Random
     ) -> list[dict[str, Any]]:
@@ -269,30 +259,3 @@ class IRRelevanceTask:
             {**encode_pair(self.tokenizer, query, passage, self.max_seq_length), LABEL_COLUMN: y}
             for query, passage, y in rows
         ]
-
-    def collate(
-        self, examples: Mapping[str, Sequence[Any]], generator: torch.Generator
-    ) -> dict[str, Tensor]:
-        """Padded (query, passage) pairs and their labels."""
-        batch = collate_inputs(examples, self.tokenizer.pad_token_id)
-        batch[LABEL_COLUMN] = torch.as_tensor(examples[LABEL_COLUMN], dtype=torch.long)
-        return batch
-
-    def build_head(self, config: Any) -> nn.Module:
-        """A 3-way classifier on the pooled output."""
-        return SentenceClassificationHead(
-            config.hidden_size, self.num_labels, config.hidden_dropout_prob
-        )
-
-    def loss(self, head: nn.Module, encoded: Encoded, batch: Mapping[str, Tensor]) -> TaskLoss:
-        """Cross-entropy on the relevance label."""
-        return classification_loss(head(encoded.pooled_output), batch[LABEL_COLUMN])
-
-    def metrics(self, stats: Mapping[str, float]) -> dict[str, float]:
-        """Accuracy and mean loss."""
-        return accuracy_metrics(stats)
-
-    def label_counts(self, columns: Mapping[str, Sequence[Any]]) -> dict[str, int]:
-        """Examples per relevance class."""
-        counts = Counter(int(label) for label in columns[LABEL_COLUMN])
-        return {name: counts.get(i, 0) for i, name in enumerate(LABEL_NAMES)}

@@ -64,11 +64,11 @@ from torch import Tensor, nn
 
 from pretrain_tasks.base import (
     IGNORE_INDEX,
+    AttachingCollate,
     CorpusView,
     Encoded,
     SkipDocument,
     TaskLoss,
-    collate_inputs,
     pad_column,
     word_starts_from,
 )
@@ -496,7 +496,7 @@ class KnowledgeMaskingSettings:
             raise ValueError("phrase_max_words must be >= 2")
 
 
-class KnowledgeMaskingTask:
+class KnowledgeMaskingTask(AttachingCollate):
     """Mask whole words, phrases or entities and predict their tokens (ERNIE 1.0)."""
 
     name: ClassVar[str] = "knowledge_masking"
@@ -608,14 +608,6 @@ class KnowledgeMaskingTask:
                 }
             )
         return examples
-
-    def collate(
-        self, examples: Mapping[str, Sequence[Any]], generator: torch.Generator
-    ) -> dict[str, Tensor]:
-        """Pad, draw each example's level, then mask (new levels and masks every time)."""
-        batch = collate_inputs(examples, self.tokenizer.pad_token_id)
-        self.attach(batch, examples, generator)
-        return batch
 
     def attach(
         self,

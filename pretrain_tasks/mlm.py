@@ -20,11 +20,11 @@ from torch import Tensor, nn
 
 from pretrain_tasks.base import (
     IGNORE_INDEX,
+    AttachingCollate,
     CorpusView,
     Encoded,
     SkipDocument,
     TaskLoss,
-    collate_inputs,
     pack_sentences,
 )
 
@@ -121,7 +121,7 @@ def masked_lm_metrics(stats: Mapping[str, float]) -> dict[str, float]:
     }
 
 
-class MLMTask:
+class MLMTask(AttachingCollate):
     """Whole-word masked language model (the baseline objective)."""
 
     name: ClassVar[str] = "mlm"
@@ -147,14 +147,6 @@ class MLMTask:
         if not sentences:
             raise SkipDocument("no_sentences")
         return pack_sentences(self.tokenizer, sentences, self.max_seq_length)
-
-    def collate(
-        self, examples: Mapping[str, Sequence[Any]], generator: torch.Generator
-    ) -> dict[str, Tensor]:
-        """Pad, then mask (dynamic masking: new masks every time)."""
-        batch = collate_inputs(examples, self.tokenizer.pad_token_id)
-        self.attach(batch, examples, generator)
-        return batch
 
     def attach(
         self,

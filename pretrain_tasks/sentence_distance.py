@@ -12,22 +12,14 @@ the anchor's own document.
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-import torch
-from torch import Tensor, nn
-
 from pretrain_tasks.base import (
     CorpusView,
-    Encoded,
-    SentenceClassificationHead,
+    SentenceClassification,
     SkipDocument,
-    TaskLoss,
-    accuracy_metrics,
-    classification_loss,
-    collate_inputs,
     encode_pair,
 )
 
@@ -76,13 +68,15 @@ class SentenceDistanceSettings:
     max_pairs_per_document: int = 64
 
 
-class SentenceDistanceTask:
+class SentenceDistanceTask(SentenceClassification):
     """Classify a sentence pair as adjacent / same document / different documents."""
 
     name: ClassVar[str] = "sentence_distance"
     family: ClassVar[str] = "structure-aware"
     level: ClassVar[str] = "sentence"
     Settings: ClassVar[type] = SentenceDistanceSettings
+    label_column: ClassVar[str] = "sentence_distance_label"
+    label_names = LABEL_NAMES
     num_labels = 3
 
     def __init__(
@@ -91,10 +85,6 @@ class SentenceDistanceTask:
         self.settings = settings
         self.tokenizer = tokenizer
         self.max_seq_length = max_seq_length
-
-    def example_columns(self) -> dict[str, str]:
-        """One integer label per pair."""
-        return {"sentence_distance_label": "int"}
 
     def build_examples(
         self, document: Any, corpus: CorpusView, rng: random.Random
@@ -110,32 +100,3 @@ class SentenceDistanceTask:
             {**encode_pair(self.tokenizer, a, b, self.max_seq_length), "sentence_distance_label": y}
             for a, b, y in pairs
         ]
-
-    def collate(
-        self, examples: Mapping[str, Sequence[Any]], generator: torch.Generator
-    ) -> dict[str, Tensor]:
-        """Padded pairs and their labels."""
-        batch = collate_inputs(examples, self.tokenizer.pad_token_id)
-        batch["sentence_distance_label"] = torch.as_tensor(examples["sentence_distance_label"])
-        return batch
-
-    def build_head(self, config: Any) -> nn.Module:
-        """A 3-way classifier on the pooled output."""
-        return SentenceClassificationHead(
-            config.hidden_size, self.num_labels, config.hidden_dropout_prob
-        )
-
-    def loss(self, head: nn.Module, encoded: Encoded, batch: Mapping[str, Tensor]) -> TaskLoss:
-        """Cross-entropy on the pair label."""
-        return classification_loss(head(encoded.pooled_output), batch["sentence_distance_label"])
-
-    def metrics(self, stats: Mapping[str, float]) -> dict[str, float]:
-        """Accuracy and mean loss."""
-        return accuracy_metrics(stats)
-
-    def label_counts(self, columns: Mapping[str, Sequence[Any]]) -> dict[str, int]:
-        """Examples per class name."""
-        counts = dict.fromkeys(LABEL_NAMES, 0)
-        for label in columns["sentence_distance_label"]:
-            counts[LABEL_NAMES[label]] += 1
-        return counts

@@ -37,18 +37,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-import torch
-from torch import Tensor, nn
-
 from pretrain_tasks.base import (
     CorpusView,
-    Encoded,
-    SentenceClassificationHead,
+    SentenceClassification,
     SkipDocument,
-    TaskLoss,
-    accuracy_metrics,
-    classification_loss,
-    collate_inputs,
     word_starts_from,
 )
 
@@ -190,13 +182,14 @@ class SentenceReorderingSettings:
             raise ValueError("max_examples_per_document must be >= 1")
 
 
-class SentenceReorderingTask:
+class SentenceReorderingTask(SentenceClassification):
     """Classify the permutation applied to the segments of a paragraph."""
 
     name: ClassVar[str] = "sentence_reordering"
     family: ClassVar[str] = "structure-aware"
     level: ClassVar[str] = "sentence"
     Settings: ClassVar[type] = SentenceReorderingSettings
+    label_column: ClassVar[str] = LABEL_COLUMN
 
     def __init__(
         self, settings: SentenceReorderingSettings, tokenizer: Any, max_seq_length: int
@@ -209,10 +202,6 @@ class SentenceReorderingTask:
         self.num_labels = num_classes(settings.max_segments)
         # [CLS] + one [SEP] and at least one token per segment must fit
         self.usable_segments = min(settings.max_segments, (max_seq_length - 1) // 2)
-
-    def example_columns(self) -> dict[str, str]:
-        """One permutation label per example."""
-        return {LABEL_COLUMN: "int"}
 
     def build_examples(
         self, document: Any, corpus: CorpusView, rng: random.Random
@@ -250,28 +239,6 @@ class SentenceReorderingTask:
         if len(examples) > limit:
             examples = [examples[i] for i in sorted(rng.sample(range(len(examples)), limit))]
         return examples
-
-    def collate(
-        self, examples: Mapping[str, Sequence[Any]], generator: torch.Generator
-    ) -> dict[str, Tensor]:
-        """Padded sequences and their permutation labels."""
-        batch = collate_inputs(examples, self.tokenizer.pad_token_id)
-        batch[LABEL_COLUMN] = torch.as_tensor(examples[LABEL_COLUMN], dtype=torch.long)
-        return batch
-
-    def build_head(self, config: Any) -> nn.Module:
-        """A sum_{n<=m} n!-way classifier on the pooled output."""
-        return SentenceClassificationHead(
-            config.hidden_size, self.num_labels, config.hidden_dropout_prob
-        )
-
-    def loss(self, head: nn.Module, encoded: Encoded, batch: Mapping[str, Tensor]) -> TaskLoss:
-        """Cross-entropy on the permutation label."""
-        return classification_loss(head(encoded.pooled_output), batch[LABEL_COLUMN])
-
-    def metrics(self, stats: Mapping[str, float]) -> dict[str, float]:
-        """Accuracy and mean loss."""
-        return accuracy_metrics(stats)
 
     def label_counts(self, columns: Mapping[str, Sequence[Any]]) -> dict[str, int]:
         """Examples per segment count (``segments=n``) and per observed order (``order=201``)."""

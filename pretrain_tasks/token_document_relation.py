@@ -37,12 +37,12 @@ from torch import Tensor, nn
 
 from pretrain_tasks.base import (
     IGNORE_INDEX,
+    AttachingCollate,
     CorpusView,
     Encoded,
     SkipDocument,
     TaskLoss,
     TokenClassificationHead,
-    collate_inputs,
 )
 from pretrain_tasks.capitalization import (
     binary_token_loss,
@@ -141,7 +141,7 @@ class TokenDocumentRelationSettings:
             raise ValueError(f"segment_by must be one of {SEGMENT_KINDS}, got {self.segment_by!r}")
 
 
-class TokenDocumentRelationTask:
+class TokenDocumentRelationTask(AttachingCollate):
     """Predict whether each word of a segment also occurs in other segments of its document."""
 
     name: ClassVar[str] = "token_document_relation"
@@ -178,14 +178,6 @@ class TokenDocumentRelationTask:
             {**segment.shared_columns(), LABELS: token_labels(segment, word_labels)}
             for (segment, _), word_labels in zip(segments, labels, strict=True)
         ]
-
-    def collate(
-        self, examples: Mapping[str, Sequence[Any]], generator: torch.Generator
-    ) -> dict[str, Tensor]:
-        """Padded inputs and labels (no randomness)."""
-        batch = collate_inputs(examples, self.tokenizer.pad_token_id)
-        self.attach(batch, examples, generator)
-        return batch
 
     def attach(
         self,
