@@ -41,7 +41,7 @@ def evaluate(
     world_size: int,
 ) -> dict[str, dict[str, float]]:
     """Metrics per task on its held-out split (tasks with no held-out examples are omitted)."""
-    engine.eval()
+    engine.train(False)  # evaluation mode (no dropout)
     results: dict[str, dict[str, float]] = {}
     try:
         for name, task in data.tasks.items():

@@ -70,7 +70,7 @@ def gradient_telemetry(
     """{"norms": {task: norm}, "cosine": {task: {task: cos}}} over the given tasks' batches."""
     params = shared_parameters(module.model, scope)
     was_training = module.training
-    module.eval()  # no dropout: telemetry draws no random numbers
+    module.train(False)  # no dropout: telemetry draws no random numbers
     try:
         gradients = {
             task: task_gradient(module, task, batch, params) for task, batch in batches.items()
