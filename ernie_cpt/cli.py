@@ -159,6 +159,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
             args.downstream_seeds,
             args.downstream_task_type,
             _finetune_config(args, "downstream-"),
+            stages=args.downstream_stages,
         )
     try:
         summary = compare(
@@ -172,6 +173,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
             downstream=downstream,
             wandb_summary=not args.no_wandb,
             interval=args.progress_every,
+            threads=args.threads,
         )
     except RunFailed as error:
         print(f"ernie-cpt: error: {error}", file=sys.stderr)
@@ -261,6 +263,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="labelled TSV/JSONL to fine-tune every final model on (repeatable)",
     )
     _finetune_args(compare, prefix="downstream-")
+    compare.add_argument(
+        "--downstream-stages",
+        action="store_true",
+        help="also evaluate each stage's end checkpoint (raise train.keep_checkpoints to keep them)",
+    )
+    compare.add_argument(
+        "--threads", type=int, default=None, help="OMP_NUM_THREADS of the training runs"
+    )
     compare.add_argument("--no-wandb", action="store_true", help="skip the W&B summary run")
     compare.add_argument(
         "--progress-every", type=float, default=15.0, help="seconds between progress lines"

@@ -1,0 +1,581 @@
+"""The comparison report: ``summary.json``, ``report.md``, PNG plots and a W&B summary run.
+
+``build_summary`` reduces the per-run results of ``ernie_cpt.compare.collect_run`` to one
+entry per schedule: ACC, BWT, FWT and average forgetting as mean / sample std / min / max
+over seeds (NaN, written ``null`` in JSON and ``n/a`` in the table, where a metric is
+undefined, e.g. BWT of multitask), the seed-mean R matrix, downstream medians, tokens and
+wall time. ``write_report`` writes beside it, under ``plots/``:
+
+- ``loss_curves.png``: per schedule, each task's training loss (moving average; every seed,
+  one colour per task), stage boundaries as dashed lines;
+- ``r_matrix.png``: per schedule, the seed-mean R matrix as a heatmap (rows: initial model,
+  then each stage; columns: tasks);
+- ``forgetting.png``: ACC, BWT, FWT and forgetting per schedule (bar = mean, whisker = std,
+  dots = seeds);
+- ``downstream.png``: per downstream data set, every fine-tuning seed's score (small dots),
+  each pre-trained model's median (large dots) and their mean (bar), per schedule.
+
+With ``--downstream-stages`` report.md also tabulates each schedule's downstream median after
+every stage (``summary.json``: ``downstream_stages``).
+
+W&B (``log_wandb_summary``): the training runs already share the group (= the comparison)
+with job type = schedule and log ``train/<task>/loss``, ``eval/<task>/<metric>`` after every
+stage, and ``schedule/stage_end`` at stage boundaries. After them one run with job type
+``summary`` is logged into the same group (offline files under ``<comparison>/wandb``):
+tables ``summary`` (one row per schedule), ``runs`` (one per run), ``r_matrix`` (long form:
+schedule, seed, stage, task, score) and ``r_matrix/<schedule>`` (seed mean, wide), the
+heatmaps and bar charts as ``wandb.Image``, and every summary number in ``run.summary``.
+W&B cannot save a workspace offline (``wandb-workspaces`` needs the server), so
+``report.md`` lists the panels to add after ``wandb sync``: see ``WANDB_PANELS``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import shutil
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from ernie_cpt import checkpoint as ckpt
+from ernie_cpt.forgetting import LOWER_IS_BETTER, mean_and_spread, mean_matrix
+from ernie_cpt.telemetry import read_jsonl
+
+METRICS = ("acc", "bwt", "fwt", "forgetting")
+METRIC_TITLES = {"acc": "ACC", "bwt": "BWT", "fwt": "FWT", "forgetting": "forgetting"}
+PLOTS = ("loss_curves.png", "r_matrix.png", "forgetting.png", "downstream.png")
+
+WANDB_PANELS = """\
+In the project's workspace, filter runs by this group, group runs by **Job Type** (= schedule)
+and add:
+
+1. Line plot `train/*/loss` against `trainer/step`, grouped by job type (mean with min/max
+   band over seeds): one panel per task, shows each task's curve under every schedule.
+2. Line plot `eval/*/accuracy` against `trainer/step` (points are the per-stage
+   evaluations: R's rows over time); `schedule/stage_end` as a second series marks the
+   stage boundaries.
+3. Line plot `weights/*` (loss weights) and `throughput/tokens_per_s`, grouped by job type.
+4. From the `summary` run: Table panels `summary`, `runs` and `r_matrix/<schedule>`; a bar
+   chart from `summary` (x = schedule, y = acc_mean / bwt_mean); Media panels
+   `plots/r_matrix`, `plots/forgetting`, `plots/downstream`, `plots/loss_curves`.
+5. Parallel coordinates over the training runs: `train.seed`, `schedule.kind` against the
+   final `eval/*/accuracy`.
+"""
+
+
+# ------------------------------------------------------------------------------- summary
+def _downstream_entry(runs: Sequence[Mapping[str, Any]], dataset: str) -> dict[str, Any]:
+    """Per-model medians and every fine-tuning seed's score of one data set."""
+    results = [r["downstream"][dataset] for r in runs if dataset in r.get("downstream", {})]
+    medians = [_none_to_nan(r["median"]) for r in results]
+    return {
+        "metric": results[0]["metric"] if results else None,
+        "median": mean_and_spread(medians),
+        "medians": medians,
+        "scores": [[_none_to_nan(s) for s in r["scores"]] for r in results],
+    }
+
+
+def _none_to_nan(value: float | None) -> float:
+    return math.nan if value is None else float(value)
+
+
+def _stage_downstream(runs: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """{data set: {stage label: spread of the per-model medians}} (``--downstream-stages``)."""
+    medians: dict[str, dict[str, list[float]]] = {}
+    for run in runs:
+        for label, results in run.get("downstream_stages", {}).items():
+            for dataset, result in results.items():
+                values = medians.setdefault(dataset, {}).setdefault(label, [])
+                values.append(_none_to_nan(result["median"]))
+    return {
+        dataset: {label: mean_and_spread(values) for label, values in sorted(by_label.items())}
+        for dataset, by_label in medians.items()
+    }
+
+
+def schedule_summary(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Mean and spread over the seeds of one schedule."""
+    datasets = sorted({d for r in runs for d in r.get("downstream", {})})
+    return {
+        "runs": [r["name"] for r in runs],
+        "seeds": [r["seed"] for r in runs],
+        "steps": runs[0]["steps"],
+        **{m: mean_and_spread([r["metrics"][m] for r in runs]) for m in METRICS},
+        "tokens": mean_and_spread([r["tokens"] for r in runs]),
+        "wall_s": mean_and_spread([r["wall_s"] for r in runs]),
+        "train_s": mean_and_spread([r["train_s"] for r in runs]),
+        "stage_names": runs[0]["stage_names"],
+        "intro": runs[0]["intro"],
+        "R_mean": mean_matrix([r["R"] for r in runs]),
+        "downstream": {d: _downstream_entry(runs, d) for d in datasets},
+        "downstream_stages": _stage_downstream(runs),
+    }
+
+
+def build_summary(
+    plan: Mapping[str, Any], runs: Sequence[Mapping[str, Any]], tasks: Sequence[str], metric: str
+) -> dict[str, Any]:
+    """The whole comparison: per schedule and per run."""
+    by_schedule: dict[str, list[Mapping[str, Any]]] = {}
+    for run in runs:
+        by_schedule.setdefault(run["schedule"], []).append(run)
+    return {
+        "group": plan["group"],
+        "metric": metric,
+        "tasks": list(tasks),
+        "schedules": {k: schedule_summary(v) for k, v in by_schedule.items()},
+        "runs": {r["name"]: dict(r) for r in runs},
+        "config": {
+            "tasks": list(tasks),
+            "iterations_per_task": plan["config"]["schedule"]["iterations_per_task"],
+            "seeds": plan["seeds"],
+        },
+    }
+
+
+def json_safe(tree: Any) -> Any:
+    """NaN/inf -> None so the file is strict JSON."""
+    if isinstance(tree, Mapping):
+        return {k: json_safe(v) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return [json_safe(v) for v in tree]
+    if isinstance(tree, float) and not math.isfinite(tree):
+        return None
+    return tree
+
+
+# ------------------------------------------------------------------------------- markdown
+def fmt(spread: Mapping[str, Any], digits: int = 3) -> str:
+    """``mean ± std`` (or ``n/a`` for an undefined metric)."""
+    mean = spread.get("mean")
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return "n/a"
+    if spread.get("n", 0) > 1:
+        return f"{mean:.{digits}f} ± {spread['std']:.{digits}f}"
+    return f"{mean:.{digits}f}"
+
+
+def _num(value: Any, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def summary_table(summary: Mapping[str, Any]) -> list[str]:
+    """The per-schedule markdown table."""
+    datasets = sorted({d for s in summary["schedules"].values() for d in s["downstream"]})
+    head = ["schedule", "seeds", "steps", "ACC", "BWT", "FWT", "forgetting"]
+    head += [f"{d} (median)" for d in datasets] + ["tokens", "wall time (s)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for kind, s in summary["schedules"].items():
+        cells = [kind, str(len(s["runs"])), str(s["steps"])]
+        cells += [fmt(s[m]) for m in METRICS]
+        cells += [
+            fmt(s["downstream"][d]["median"]) if d in s["downstream"] else "-" for d in datasets
+        ]
+        cells += [fmt(s["tokens"], 0), fmt(s["wall_s"], 1)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def runs_table(summary: Mapping[str, Any]) -> list[str]:
+    """One row per run."""
+    head = ["run", "ACC", "BWT", "FWT", "forgetting", "tokens", "train s", "wall s", "attempts"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, run in summary["runs"].items():
+        m = run["metrics"]
+        cells = [name] + [_num(m[k]) for k in METRICS]
+        cells += [str(run["tokens"]), _num(run["train_s"], 1), _num(run["wall_s"], 1)]
+        lines.append("| " + " | ".join(cells + [str(run["attempts"])]) + " |")
+    return lines
+
+
+def stage_downstream_tables(summary: Mapping[str, Any]) -> list[str]:
+    """Per data set: each schedule's downstream median after every stage (and final)."""
+    out: list[str] = []
+    schedules = summary["schedules"]
+    datasets = sorted({d for s in schedules.values() for d in s.get("downstream_stages", {})})
+    for dataset in datasets:
+        labels = sorted(
+            {lab for s in schedules.values() for lab in s["downstream_stages"].get(dataset, {})},
+            key=lambda lab: int(lab.removeprefix("stage")),
+        )
+        out += ["", f"### {dataset}: median after each stage", ""]
+        out += ["| schedule | " + " | ".join([*labels, "final"]) + " |"]
+        out += ["|" + "---|" * (len(labels) + 2)]
+        for kind, s in schedules.items():
+            by_label = s["downstream_stages"].get(dataset, {})
+            cells = [fmt(by_label[lab]) if lab in by_label else "-" for lab in labels]
+            final = s["downstream"].get(dataset)
+            cells.append(fmt(final["median"]) if final else "-")
+            out.append(f"| {kind} | " + " | ".join(cells) + " |")
+    return out
+
+
+def r_matrix_table(summary: Mapping[str, Any], kind: str) -> list[str]:
+    """The seed-mean R matrix of one schedule, with each task's introduction stage."""
+    s, tasks = summary["schedules"][kind], summary["tasks"]
+    intro = [
+        f"{t} (intro {i})" if i else f"{t} (never)" for t, i in zip(tasks, s["intro"], strict=True)
+    ]
+    lines = ["| after | " + " | ".join(intro) + " |", "|" + "---|" * (len(tasks) + 1)]
+    labels = ["initial (b)"] + [f"{i + 1}: {n}" for i, n in enumerate(s["stage_names"])]
+    for label, row in zip(labels, s["R_mean"], strict=True):
+        lines.append(f"| {label} | " + " | ".join(_num(v) for v in row) + " |")
+    return lines
+
+
+def markdown(summary: Mapping[str, Any], plots: Sequence[str]) -> str:
+    """The text of report.md."""
+    metric = summary["metric"]
+    out = [
+        f"# Schedule comparison: {', '.join(summary['schedules'])}",
+        "",
+        f"Tasks (introduction order): {', '.join(summary['tasks'])}; "
+        f"{summary['config']['iterations_per_task']} iterations per task; "
+        f"{summary['config']['seeds']} seed(s); W&B group `{summary['group']}`.",
+        f"Score R[i][j] = held-out `{metric}` of task j after stage i (row 0: the initial "
+        "model)" + (", negated so that higher is better." if metric in LOWER_IS_BETTER else "."),
+        "",
+        "## Summary (mean ± sample std over seeds)",
+        "",
+        *summary_table(summary),
+        "",
+        "ACC = mean final score; BWT = mean (final - score at the end of the task's "
+        "introduction stage), negative = forgetting; FWT = mean (score just before the "
+        "task is first trained - initial score); forgetting = mean (best score before the "
+        "final stage - final score). BWT, FWT and forgetting are n/a where no task "
+        "qualifies (multitask: one stage). Downstream: median over fine-tuning seeds per "
+        "pre-trained model, then mean ± std over pre-training seeds. Wall time: the "
+        "training subprocesses that returned (an attempt killed with the harness is not "
+        "counted); train s: the trainer's own step time, kept across resumes. Definitions: "
+        "`ernie_cpt/forgetting.py`.",
+        "",
+        "## Runs",
+        "",
+        *runs_table(summary),
+        "",
+        "## R matrices (mean over seeds)",
+    ]
+    for kind in summary["schedules"]:
+        out += ["", f"### {kind}", "", *r_matrix_table(summary, kind)]
+    stage_tables = stage_downstream_tables(summary)
+    if stage_tables:
+        out += ["", "## Downstream at stage ends (mean over seeds of the per-model medians)"]
+        out += stage_tables
+    out += ["", "## Plots", ""]
+    out += [f"![{Path(p).stem}](plots/{p})" for p in plots]
+    out += ["", "## W&B", "", *_wandb_text(summary["group"])]
+    return "\n".join(out) + "\n"
+
+
+def _wandb_text(group: str) -> list[str]:
+    return [
+        f"Training runs: group `{group}`, job type = schedule; the summary run: job type "
+        "`summary`. Offline files: `runs/*/wandb/offline-run-*` and `wandb/offline-run-*`; "
+        "upload with `wandb sync runs/*/wandb/offline-run-* wandb/offline-run-*`.",
+        "",
+        WANDB_PANELS,
+    ]
+
+
+# ---------------------------------------------------------------------------------- plots
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def moving_average(values: Sequence[float], window: int) -> list[float]:
+    """Trailing moving average (shorter window at the start)."""
+    out, total = [], 0.0
+    for i, value in enumerate(values):
+        total += value
+        if i >= window:
+            total -= values[i - window]
+        out.append(total / min(i + 1, window))
+    return out
+
+
+def stage_boundaries(rows: Sequence[Mapping[str, Any]]) -> list[int]:
+    """Steps after which the stage changes (from metrics.jsonl rows)."""
+    return [a["step"] for a, b in zip(rows, rows[1:], strict=False) if a["stage"] != b["stage"]]
+
+
+def plot_loss_curves(out_dir: Path, summary: Mapping[str, Any], path: Path) -> None:
+    """Per schedule: every task's loss over steps (all seeds), stage boundaries dashed."""
+    plt = _pyplot()
+    kinds, tasks = list(summary["schedules"]), summary["tasks"]
+    colors = {t: plt.get_cmap("tab10")(i % 10) for i, t in enumerate(tasks)}
+    fig, axes = plt.subplots(len(kinds), 1, figsize=(9, 2.8 * len(kinds)), squeeze=False)
+    for ax, kind in zip(axes[:, 0], kinds, strict=True):
+        for seed_index, name in enumerate(summary["schedules"][kind]["runs"]):
+            rows = read_jsonl(out_dir / "runs" / name / "metrics.jsonl")
+            window = max(1, len(rows) // 40)
+            for task in tasks:
+                points = [(r["step"], r["losses"][task]) for r in rows if task in r["losses"]]
+                if points:
+                    steps, losses = zip(*points, strict=True)
+                    label = task if seed_index == 0 else None
+                    ax.plot(
+                        steps,
+                        moving_average(losses, window),
+                        color=colors[task],
+                        alpha=0.8 if seed_index == 0 else 0.4,
+                        label=label,
+                        lw=1,
+                    )
+            if seed_index == 0:
+                for step in stage_boundaries(rows):
+                    ax.axvline(step, color="grey", ls="--", lw=0.8)
+        ax.set_title(f"{kind}: training loss (dashed: stage boundaries)")
+        ax.set_xlabel("step")
+        ax.set_ylabel("loss")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_r_matrices(summary: Mapping[str, Any], path: Path) -> None:
+    """Per schedule: the seed-mean R matrix as an annotated heatmap (shared colour scale)."""
+    plt = _pyplot()
+    kinds, tasks = list(summary["schedules"]), summary["tasks"]
+    values = [
+        v
+        for k in kinds
+        for row in summary["schedules"][k]["R_mean"]
+        for v in row
+        if not math.isnan(v)
+    ]
+    low, high = (min(values), max(values)) if values else (0.0, 1.0)
+    fig, axes = plt.subplots(
+        1, len(kinds), figsize=(4.0 * len(kinds) + 1, 3.6), squeeze=False, layout="constrained"
+    )
+    for ax, kind in zip(axes[0], kinds, strict=True):
+        s = summary["schedules"][kind]
+        image = ax.imshow(s["R_mean"], cmap="viridis", vmin=low, vmax=high, aspect="auto")
+        ax.set_xticks(range(len(tasks)), tasks, rotation=30, ha="right", fontsize=8)
+        labels = ["initial"] + list(s["stage_names"])
+        ax.set_yticks(range(len(labels)), labels, fontsize=8)
+        for i, row in enumerate(s["R_mean"]):
+            for j, v in enumerate(row):
+                bright = not math.isnan(v) and v > low + 0.6 * (high - low)
+                color = "black" if bright else "white"
+                ax.text(j, i, _num(v, 2), ha="center", va="center", color=color, fontsize=7)
+        ax.set_title(f"{kind}: R ({summary['metric']})", fontsize=9)
+    fig.colorbar(image, ax=axes[0].tolist())
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_forgetting_bars(summary: Mapping[str, Any], path: Path) -> None:
+    """ACC, BWT, FWT, forgetting per schedule: mean bar, std whisker, seed dots."""
+    plt = _pyplot()
+    kinds = list(summary["schedules"])
+    fig, axes = plt.subplots(1, len(METRICS), figsize=(3.2 * len(METRICS), 3.2))
+    for ax, metric in zip(axes, METRICS, strict=True):
+        for x, kind in enumerate(kinds):
+            spread = summary["schedules"][kind][metric]
+            seeds = [
+                summary["runs"][n]["metrics"][metric] for n in summary["schedules"][kind]["runs"]
+            ]
+            if spread["n"] == 0:
+                ax.text(x, 0, "n/a", ha="center", fontsize=8)
+                continue
+            ax.bar(x, spread["mean"], yerr=spread["std"], capsize=4, alpha=0.6, color=f"C{x}")
+            ax.plot([x] * len(seeds), seeds, "k.", ms=5)
+        ax.axhline(0, color="grey", lw=0.6)
+        ax.set_xticks(range(len(kinds)), kinds, rotation=20, fontsize=8)
+        ax.set_title(METRIC_TITLES[metric])
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_downstream(summary: Mapping[str, Any], path: Path) -> bool:
+    """Downstream scores per schedule and data set (False when there are none)."""
+    datasets = sorted({d for s in summary["schedules"].values() for d in s["downstream"]})
+    if not datasets:
+        return False
+    plt = _pyplot()
+    kinds = list(summary["schedules"])
+    fig, axes = plt.subplots(1, len(datasets), figsize=(4 * len(datasets), 3.2), squeeze=False)
+    for ax, dataset in zip(axes[0], datasets, strict=True):
+        for x, kind in enumerate(kinds):
+            entry = summary["schedules"][kind]["downstream"].get(dataset)
+            if not entry or entry["median"]["n"] == 0:
+                continue
+            ax.bar(x, entry["median"]["mean"], alpha=0.3, color=f"C{x}")
+            for k, scores in enumerate(entry["scores"]):
+                offset = (k - (len(entry["scores"]) - 1) / 2) * 0.15
+                ax.plot([x + offset] * len(scores), scores, ".", color="grey", ms=4)
+                ax.plot(x + offset, entry["medians"][k], "o", color="C3", ms=6)
+        metric = next(
+            (
+                s["downstream"][dataset]["metric"]
+                for s in summary["schedules"].values()
+                if dataset in s["downstream"]
+            ),
+            "",
+        )
+        ax.set_xticks(range(len(kinds)), kinds, rotation=20, fontsize=8)
+        ax.set_title(f"{dataset} ({metric}): median per model (red), seeds (grey)", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def write_plots(out_dir: Path, summary: Mapping[str, Any]) -> list[str]:
+    """Every PNG under ``plots/``; returns the file names written."""
+    plots = out_dir / "plots"
+    plots.mkdir(parents=True, exist_ok=True)
+    plot_loss_curves(out_dir, summary, plots / "loss_curves.png")
+    plot_r_matrices(summary, plots / "r_matrix.png")
+    plot_forgetting_bars(summary, plots / "forgetting.png")
+    written = ["loss_curves.png", "r_matrix.png", "forgetting.png"]
+    if plot_downstream(summary, plots / "downstream.png"):
+        written.append("downstream.png")
+    return written
+
+
+def write_report(out_dir: Path, summary: Mapping[str, Any]) -> Path:
+    """summary.json, plots/*.png and report.md in the comparison directory."""
+    out_dir = Path(out_dir)
+    ckpt.atomic_write_text(out_dir / "summary.json", json.dumps(json_safe(summary), indent=2))
+    plots = write_plots(out_dir, summary)
+    ckpt.atomic_write_text(out_dir / "report.md", markdown(summary, plots))
+    return out_dir / "report.md"
+
+
+# ---------------------------------------------------------------------------------- W&B
+def wandb_tables(summary: Mapping[str, Any]) -> dict[str, tuple[list[str], list[list[Any]]]]:
+    """(columns, rows) of every table the summary run logs."""
+    tasks = summary["tasks"]
+    datasets = sorted({d for s in summary["schedules"].values() for d in s["downstream"]})
+    cols = ["schedule", "seeds", "steps"]
+    cols += [f"{m}_{k}" for m in METRICS for k in ("mean", "std")]
+    cols += [f"{d}_median_mean" for d in datasets] + ["tokens_mean", "wall_s_mean"]
+    rows = []
+    for kind, s in summary["schedules"].items():
+        row = [kind, len(s["runs"]), s["steps"]]
+        row += [s[m][k] for m in METRICS for k in ("mean", "std")]
+        row += [s["downstream"].get(d, {}).get("median", {}).get("mean") for d in datasets]
+        rows.append(row + [s["tokens"]["mean"], s["wall_s"]["mean"]])
+    tables = {"summary": (cols, rows)}
+    run_cols = ["run", "schedule", "seed", *METRICS, "tokens", "train_s", "wall_s"]
+    tables["runs"] = (
+        run_cols,
+        [
+            [
+                n,
+                r["schedule"],
+                r["seed"],
+                *(r["metrics"][m] for m in METRICS),
+                r["tokens"],
+                r["train_s"],
+                r["wall_s"],
+            ]
+            for n, r in summary["runs"].items()
+        ],
+    )
+    long_rows = [
+        [r["schedule"], r["seed"], i - 1, (["initial"] + r["stage_names"])[i], task, value]
+        for r in summary["runs"].values()
+        for i, row in enumerate(r["R"])
+        for task, value in zip(tasks, row, strict=True)
+    ]
+    tables["r_matrix"] = (["schedule", "seed", "stage", "stage_name", "task", "score"], long_rows)
+    for kind, s in summary["schedules"].items():
+        labels = ["initial"] + list(s["stage_names"])
+        tables[f"r_matrix/{kind}"] = (
+            ["after", *tasks],
+            [[label, *row] for label, row in zip(labels, s["R_mean"], strict=True)],
+        )
+    return tables
+
+
+def _nan_to_none(rows: list[list[Any]]) -> list[list[Any]]:
+    return [[None if isinstance(v, float) and math.isnan(v) else v for v in row] for row in rows]
+
+
+@contextlib.contextmanager
+def wandb_environment(out_dir: Path, mode: str) -> Iterator[None]:
+    """Offline W&B files inside ``out_dir``; every ``WANDB_*`` variable restored afterwards
+    (wandb exports ``WANDB_SERVICE``, which later training subprocesses must not inherit)."""
+    saved = {k: v for k, v in os.environ.items() if k.startswith("WANDB_")}
+    os.environ["WANDB_MODE"] = mode  # the init argument alone still makes DNS look-ups
+    os.environ.setdefault("WANDB_SILENT", "true")
+    for var, sub in (
+        ("WANDB_CACHE_DIR", "cache"),
+        ("WANDB_CONFIG_DIR", "config"),
+        ("WANDB_DATA_DIR", "data"),
+    ):
+        os.environ.setdefault(var, str(out_dir / "wandb" / sub))
+    try:
+        yield
+    finally:
+        for key in [k for k in os.environ if k.startswith("WANDB_")]:
+            del os.environ[key]
+        os.environ.update(saved)
+
+
+def log_wandb_summary(out_dir: Path, summary: Mapping[str, Any], plan: Mapping[str, Any]) -> Path:
+    """One W&B run (job type ``summary``) in the comparison's group; returns its local dir."""
+    logging_config = plan["config"]["logging"]
+    run_id = "summary-" + hashlib.sha256(summary["group"].encode()).hexdigest()[:12]
+    for old in (out_dir / "wandb").glob(f"offline-run-*-{run_id}"):
+        shutil.rmtree(old, ignore_errors=True)  # a rerun's summary replaces the previous one
+    with wandb_environment(out_dir, logging_config["wandb_mode"]):
+        return _log_summary_run(out_dir, summary, plan, run_id)
+
+
+def _log_summary_run(
+    out_dir: Path, summary: Mapping[str, Any], plan: Mapping[str, Any], run_id: str
+) -> Path:
+    import wandb
+
+    logging_config = plan["config"]["logging"]
+    run = wandb.init(
+        project=logging_config["project"],
+        entity=logging_config["entity"],
+        group=summary["group"],
+        job_type="summary",
+        name=f"{summary['group']}/summary",
+        id=run_id,
+        resume="allow",
+        dir=str(out_dir),
+        config={
+            "schedules": plan["schedules"],
+            "seeds": plan["seeds"],
+            "metric": summary["metric"],
+            "tasks": summary["tasks"],
+        },
+        settings=wandb.Settings(console="off", x_disable_stats=True),
+    )
+    try:
+        logged: dict[str, Any] = {
+            key: wandb.Table(columns=columns, data=_nan_to_none(rows))
+            for key, (columns, rows) in wandb_tables(summary).items()
+        }
+        for png in sorted((out_dir / "plots").glob("*.png")):
+            logged[f"plots/{png.stem}"] = wandb.Image(str(png))
+        run.log(logged)
+        for kind, s in summary["schedules"].items():
+            for metric in METRICS:
+                if s[metric]["n"]:
+                    run.summary[f"{kind}/{metric}_mean"] = s[metric]["mean"]
+                    run.summary[f"{kind}/{metric}_std"] = s[metric]["std"]
+        local = Path(run.dir).parent
+    finally:
+        run.finish()
+    return local
