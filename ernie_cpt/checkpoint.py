@@ -23,6 +23,7 @@ import os
 import random
 import re
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -152,8 +153,19 @@ def save_rng(directory: Path, rank: int) -> None:
     torch.save(rng_state(), directory / f"rng-rank{rank}.pt")
 
 
-def finalize(tmp: Path, root: Path, step: int, state: dict[str, Any], keep: int) -> Path:
-    """Rank 0: write state + manifest, rename into place, move the pointer, prune old ones."""
+def finalize(
+    tmp: Path,
+    root: Path,
+    step: int,
+    state: dict[str, Any],
+    keep: int,
+    protected: Sequence[int] = (),
+) -> Path:
+    """Rank 0: write state + manifest, rename into place, move the pointer, prune old ones.
+
+    The newest ``keep`` checkpoints stay, plus those taken after a step in ``protected``
+    (stage ends: each stage's final model stays available for evaluation).
+    """
     atomic_write_text(tmp / STATE, json.dumps(state, indent=1))
     write_manifest(tmp)
     final = root / tag_for(step)
@@ -161,8 +173,10 @@ def finalize(tmp: Path, root: Path, step: int, state: dict[str, Any], keep: int)
         shutil.rmtree(final)
     os.replace(tmp, final)
     atomic_write_text(root / "latest", final.name)
+    kept = {tag_for(s) for s in protected}
     for old in candidates(root)[max(keep, 1) :]:
-        shutil.rmtree(old, ignore_errors=True)
+        if old.name not in kept:
+            shutil.rmtree(old, ignore_errors=True)
     return final
 
 

@@ -128,6 +128,7 @@ class TrainConfig:
     # fp32 | bf16 | fp16 (fp16 needs a GPU)
     precision: str = "fp32"
     checkpoint_every: int = 500
+    # Newest periodic checkpoints kept; the checkpoint at each stage end is always kept.
     keep_checkpoints: int = 3
     eval_every: int = 0
     eval_batches: int = 8
@@ -138,6 +139,9 @@ class TrainConfig:
     # Per-task gradient norms and cosines every N steps (0 = off); see ernie_cpt.gradients.
     grad_telemetry_every: int = 0
     grad_telemetry_scope: str = "last_layer"
+    # CPU threads of torch (None = torch's default). On a shared or oversubscribed machine,
+    # 1 thread per process can be many times faster than the default.
+    threads: int | None = None
 
 
 @dataclass(frozen=True)

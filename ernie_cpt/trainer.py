@@ -238,6 +238,8 @@ def setup(config: RunConfig, run_dir: Path, resume: str, progress: bool) -> Run:
     """Process group, data, model, engine and (possibly restored) state."""
     if config.train.grad_telemetry_every and config.train.zero_stage == 3:
         raise ValueError("train.grad_telemetry_every needs full parameters: use ZeRO stage 0-2")
+    if config.train.threads:
+        torch.set_num_threads(config.train.threads)
     rank, world_size = init_distributed()
     torch.manual_seed(stable_seed(config.train.seed, "init") % 2**63)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -393,7 +395,14 @@ def save(run: Run, step: int) -> None:
             "schedule": run.schedule.to_dict(),
             "world_size": run.world_size,
         }
-        ckpt.finalize(root / tmp_tag, root, step, state, run.config.train.keep_checkpoints)
+        ckpt.finalize(
+            root / tmp_tag,
+            root,
+            step,
+            state,
+            run.config.train.keep_checkpoints,
+            run.schedule.boundaries[1:],
+        )
     dist.barrier()
 
 

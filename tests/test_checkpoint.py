@@ -33,6 +33,21 @@ def test_finalize_writes_manifest_pointer_and_prunes(tmp_path):
     assert set(manifest["files"]) == {"model.bin", "rng-rank0.pt", "trainer_state.json"}
 
 
+def test_stage_end_checkpoints_are_never_pruned(tmp_path):
+    for step in (1, 2, 3, 4, 5):
+        tmp = tmp_path / f".tmp-{ckpt.tag_for(step)}"
+        tmp.mkdir()
+        ckpt.finalize(
+            tmp, tmp_path, step, {"train_state": {"step": step}}, keep=2, protected=(1, 3)
+        )
+    assert sorted(p.name for p in ckpt.candidates(tmp_path)) == [
+        "step-00000001",
+        "step-00000003",
+        "step-00000004",
+        "step-00000005",
+    ]
+
+
 def test_corrupt_and_partial_checkpoints_are_skipped(tmp_path, caplog):
     make_checkpoint(tmp_path, 1)
     newest = make_checkpoint(tmp_path, 2)

@@ -49,9 +49,9 @@ def test_run_directory_holds_metrics_checkpoints_wandb_and_export(reference_run)
         assert key in rows[0]
     # stage 2 trains sentence_distance with mlm attached to the same forward
     assert any(set(r["losses"]) == {"mlm", "sentence_distance"} for r in rows if r["stage"] == 1)
-    # checkpoints: keep_checkpoints=3 newest, pointer names the last
+    # checkpoints: keep_checkpoints=3 newest, plus the stage ends (8, 24); pointer names the last
     kept = sorted(p.name for p in (run_dir / "checkpoints").glob("step-*"))
-    assert kept == ["step-00000015", "step-00000020", "step-00000024"]
+    assert kept == ["step-00000008", "step-00000015", "step-00000020", "step-00000024"]
     assert (run_dir / "checkpoints" / "latest").read_text() == "step-00000024"
     assert list((run_dir / "wandb").glob("offline-run-*"))
     evals = [json.loads(line) for line in (run_dir / "eval.jsonl").read_text().splitlines()]
