@@ -30,7 +30,8 @@ def tokenizer_fingerprint(config: TokenizerConfig, corpus_fingerprint: str) -> s
             digest.update(f.name.encode())
             digest.update(hashlib.sha256(f.read_bytes()).digest())
         return "local-" + digest.hexdigest()[:16]
-    text = json.dumps({"settings": asdict(config), "corpus": corpus_fingerprint}, sort_keys=True)
+    payload = {"settings": asdict(config), "corpus": corpus_fingerprint, "version": 2}
+    text = json.dumps(payload, sort_keys=True)
     return "wordpiece-" + hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -49,6 +50,26 @@ def load_tokenizer(path: str | Path) -> Any:
                 f"{path}: the tokenizer has no {token}; BERT-style specials are needed"
             )
     return tokenizer
+
+
+def canonical_wordpiece(vocab: dict[str, int]) -> Any:
+    """The same vocabulary with ids in a fixed order: specials, then tokens sorted.
+
+    The ``tokenizers`` trainer numbers tokens in hash-map order, which differs from run to run
+    (the token set normally does not); WordPiece splits words by the token set alone, so
+    renumbering makes the ids reproducible. The trainer still breaks frequency ties at the
+    vocabulary cap in hash order, so on small corpora the set itself can differ between
+    machines: for bit-for-bit reproducible runs elsewhere, pin ``tokenizer.path`` to the
+    tokenizer a run saved (``<run>/tokenizer``).
+    """
+    from tokenizers.models import WordPiece
+
+    ordered = SPECIAL_TOKENS + sorted(t for t in vocab if t not in SPECIAL_TOKENS)
+    return WordPiece(
+        vocab={t: i for i, t in enumerate(ordered)},
+        unk_token="[UNK]",
+        continuing_subword_prefix="##",
+    )
 
 
 def train_wordpiece(texts: Iterable[str], config: TokenizerConfig, out_dir: Path) -> Any:
@@ -70,6 +91,7 @@ def train_wordpiece(texts: Iterable[str], config: TokenizerConfig, out_dir: Path
         special_tokens=SPECIAL_TOKENS,
     )
     tokenizer.train_from_iterator(texts, trainer=trainer)
+    tokenizer.model = canonical_wordpiece(tokenizer.get_vocab())
     cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
     tokenizer.post_processor = processors.TemplateProcessing(
         single="[CLS]:0 $A:0 [SEP]:0",

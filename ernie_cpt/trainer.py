@@ -8,6 +8,7 @@ run's losses bit for bit on CPU.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -276,6 +277,7 @@ def setup(config: RunConfig, run_dir: Path, resume: str, progress: bool) -> Run:
         log.info("resumed from %s at step %d", found, state.step)
     if rank == 0:
         save_config(config, run_dir / "config.yaml")
+        (run_dir / "data_report.json").write_text(json.dumps(data.report, indent=2))
         data.tokenizer.save_pretrained(str(run_dir / "tokenizer"))
         model.encoder.config.to_json_file(str(run_dir / "encoder_config.json"))
         log.info(

@@ -276,3 +276,35 @@ def test_two_processes_on_cpu_with_gloo(tiny_config, tmp_path):
     assert rows[0]["samples"]["mlm"] > metrics(single)[0]["samples"]["mlm"]
     assert sorted(os.listdir(run_dir / "checkpoints" / "step-00000010")).count("rng-rank1.pt") == 1
     shutil.rmtree(run_dir)
+
+
+@pytest.mark.parametrize("weighting", ["fixed", "uncertainty", "dwa", "gradnorm", "dtp", "pcgrad"])
+def test_each_weighting_method_trains_and_logs_weights(tiny_config, tmp_path, weighting):
+    # 12 steps cross into stage 2, where sentence_distance batches carry mlm labels: two
+    # losses in one forward for the method to balance. Telemetry every 4 steps.
+    config = tiny_config(
+        schedule={
+            "weighting": weighting,
+            "weighting_options": {"window": 2} if weighting == "dwa" else {},
+        },
+        train={"zero_stage": 2, "grad_telemetry_every": 4},
+    )
+    run_dir = tmp_path / "run"
+    run_cli("train", str(config), "--output-dir", str(run_dir), "--max-steps", "12")
+    rows = metrics(run_dir)
+    combined = [r for r in rows if set(r["losses"]) == {"mlm", "sentence_distance"}]
+    assert combined, "no step combined two losses"
+    assert all(set(r["weights"]) == set(r["losses"]) for r in rows)
+    assert all(w == w and w >= 0 for r in rows for w in r["weights"].values())
+    telemetry = [r["grad"] for r in rows if "grad" in r]
+    assert [r["step"] for r in rows if "grad" in r] == [4, 8, 12]
+    last = telemetry[-1]
+    assert set(last["norms"]) == {"mlm", "sentence_distance"}
+    assert last["cosine"]["mlm"]["mlm"] == pytest.approx(1.0, abs=1e-5)
+    assert -1.0 <= last["cosine"]["mlm"]["sentence_distance"] <= 1.0
+
+
+def test_gradnorm_and_pcgrad_are_refused_at_zero_3(tiny_config, tmp_path):
+    config = tiny_config(schedule={"weighting": "pcgrad"}, train={"zero_stage": 3})
+    result = run_cli("train", str(config), "--output-dir", str(tmp_path / "run"), check=False)
+    assert result.returncode != 0 and "ZeRO" in result.stderr and "pcgrad" in result.stderr
