@@ -40,9 +40,9 @@ def load_run_model(
         n: build_task(n, o, tokenizer, config.data.max_seq_length) for n, o in config.tasks.items()
     }
     model = MultiTaskModel(encoder, {n: t.build_head(encoder.config) for n, t in tasks.items()})
-    weights = {
-        k.removeprefix("model."): v for k, v in load_file(str(checkpoint / ckpt.WEIGHTS)).items()
-    }
+    stored = load_file(str(checkpoint / ckpt.WEIGHTS))
+    # The file holds the whole trained module: the model ("model.*") and loss weighting.
+    weights = {k.removeprefix("model."): v for k, v in stored.items() if k.startswith("model.")}
     result = model.load_state_dict(weights, strict=False)
     tied = {
         f"heads.{n}.decoder.weight"

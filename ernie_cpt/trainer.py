@@ -416,11 +416,17 @@ def consolidated_state_dict(engine: Any) -> dict[str, torch.Tensor] | None:
 
 
 def save_weights(state: Mapping[str, torch.Tensor] | None, path: Path) -> None:
-    """Save weights as safetensors, storing tied (shared) tensors once."""
+    """Save weights as safetensors, storing tied (shared) tensors once.
+
+    Non-tensor entries (loss weightings' ``_extra_state`` history) are left to the engine
+    checkpoint; this file is for export and inspection.
+    """
     from safetensors.torch import save_file
 
     unique, seen = {}, set()
     for key, tensor in (state or {}).items():
+        if not isinstance(tensor, torch.Tensor):
+            continue
         if tensor.data_ptr() in seen and tensor.numel() > 0:
             continue
         seen.add(tensor.data_ptr())
