@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 from conftest import REPO, cli_env, run_cli
 
+from ernie_cpt.engine import free_port
+
 pytestmark = pytest.mark.slow
 
 
@@ -249,7 +251,7 @@ def test_two_processes_on_cpu_with_gloo(tiny_config, tmp_path):
         "--nproc_per_node",
         "2",
         "--master_port",
-        "0",
+        str(free_port()),
         "-m",
         "ernie_cpt.cli",
         "train",
