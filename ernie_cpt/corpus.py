@@ -22,6 +22,7 @@ than ``max_document_chars`` -> ``document_too_long``; then ``segmentation.segmen
 from __future__ import annotations
 
 import bz2
+import codecs
 import collections
 import contextlib
 import functools
@@ -419,12 +420,11 @@ def _load_json(files: list[Path], cache_dir: str | None) -> datasets.Dataset:
     next to datasets' cache (at a path derived from the file's identity, so the next load
     reuses them); the same builder then reads those copies.
     """
-    try:
+    # Checked before loading: pyarrow may accept the bytes and fail only when the column is
+    # read, long after loading.
+    invalid = {file for file in files if not _is_valid_utf8(file)}
+    if not invalid:
         return _load_files("json", files, cache_dir=cache_dir)
-    except ValueError:
-        invalid = {file for file in files if not _is_valid_utf8(file)}
-        if not invalid:
-            raise
     root = Path(cache_dir or datasets.config.HF_DATASETS_CACHE) / "ernie_cpt_utf8_repaired"
     repaired = [_repaired_copy(file, root) if file in invalid else file for file in files]
     return _load_files("json", repaired, cache_dir=cache_dir)
@@ -439,9 +439,18 @@ def _decompressed_bytes(file: Path) -> bytes | None:
 
 
 def _is_valid_utf8(file: Path) -> bool:
-    data = _decompressed_bytes(file)
+    """Whether the (decompressed) file decodes as UTF-8; plain files are read in 1 MiB blocks."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
     try:
-        data is None or data.decode("utf-8")
+        if file.suffix.lower() in COMPRESSION_SUFFIXES:
+            data = _decompressed_bytes(file)
+            if data is not None:
+                data.decode("utf-8")
+            return True
+        with file.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                decoder.decode(block)
+        decoder.decode(b"", final=True)
     except UnicodeDecodeError:
         return False
     return True

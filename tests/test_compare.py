@@ -179,11 +179,11 @@ def test_summary_report_plots_and_wandb_group(comparison):
         assert s["intro"] == [1, 2]
         assert math.isfinite(s["downstream"]["polarity"]["median"]["mean"])
         assert len(s["downstream"]["polarity"]["scores"]) == 2
-    # stage-end checkpoints: continual's (step 6) is kept, cmtl's (step 4) pruned (keep 3)
-    stage1 = summary["schedules"]["continual"]["downstream_stages"]["polarity"]["stage1"]
-    assert stage1["n"] == 2 and math.isfinite(stage1["mean"])
-    assert summary["schedules"]["cmtl"]["downstream_stages"] == {}
-    assert "checkpoint of stage 1 (step 4) was pruned" in comparison["resumed"].stderr
+    # every stage-end checkpoint is kept, so each schedule has a downstream score per stage
+    for schedule in ("continual", "cmtl"):
+        stage1 = summary["schedules"][schedule]["downstream_stages"]["polarity"]["stage1"]
+        assert stage1["n"] == 2 and math.isfinite(stage1["mean"])
+    assert "was pruned" not in comparison["resumed"].stderr
     for name, run in summary["runs"].items():
         assert forgetting_metrics(run["R"], run["intro"]) == pytest.approx(run["metrics"]), name
     report = (out / "report.md").read_text()
