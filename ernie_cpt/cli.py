@@ -100,16 +100,10 @@ def cmd_tasks(args: argparse.Namespace) -> int:
 
 def cmd_schedule(args: argparse.Namespace) -> int:
     """Print the stage table of the configured schedule."""
-    from schedules import build_schedule
+    from ernie_cpt.trainer import schedule_from_config
     from schedules.table import format_stage_table
 
-    config = _load(args)
-    s = config.schedule
-    print(
-        format_stage_table(
-            build_schedule(s.kind, list(config.tasks), s.iterations_per_task, s.stages, s.sampling)
-        )
-    )
+    print(format_stage_table(schedule_from_config(_load(args))))
     return 0
 
 

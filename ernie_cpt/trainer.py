@@ -15,7 +15,7 @@ import signal
 import time
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -94,19 +94,22 @@ class Run:
 
 
 def build_schedule_for(config: RunConfig, sizes: Mapping[str, int]) -> Schedule:
-    """The configured schedule: dataset sizes filled in for size-based samplers, and the
-    config's loss weighting given to every stage that does not name its own."""
-    sched = config.schedule
-    schedule = build_schedule(
-        sched.kind, list(config.tasks), sched.iterations_per_task, sched.stages, sched.sampling
+    """The configured schedule, with dataset sizes filled in for size-based samplers."""
+    return with_dataset_sizes(schedule_from_config(config), sizes)
+
+
+def schedule_from_config(config: RunConfig) -> Schedule:
+    """``schedules.build_schedule`` from the schedule section and the task list."""
+    s = config.schedule
+    return build_schedule(
+        s.kind,
+        list(config.tasks),
+        s.iterations_per_task,
+        s.stages,
+        s.sampling,
+        weighting=s.weighting,
+        weighting_options=s.weighting_options,
     )
-    stages = tuple(
-        replace(stage, weighting=sched.weighting, weighting_options=sched.weighting_options)
-        if stage.weighting == "fixed" and not stage.weighting_options
-        else stage
-        for stage in schedule.stages
-    )
-    return with_dataset_sizes(Schedule(schedule.name, stages), sizes)
 
 
 def build_weightings(schedule: Schedule, zero_stage: int) -> dict[str, Any]:

@@ -41,8 +41,13 @@ def build_schedule(
     sampling: str = "remaining_budget",
     *,
     sampling_options: Mapping[str, Any] | None = None,
+    weighting: str = "fixed",
+    weighting_options: Mapping[str, Any] | None = None,
 ) -> Schedule:
     """The schedule of ``kind`` for ``tasks``; the trainer's single entry point.
+
+    ``weighting`` (with ``weighting_options``) is the loss weighting of every stage that does
+    not name its own (every built-in stage; custom stages without a ``weighting`` key).
 
     Built-in kinds give every task ``iterations_per_task`` steps and every stage
     ``sampling`` (with ``sampling_options``, e.g. ``{"weights": {...}}`` for ``fixed``).
@@ -61,14 +66,25 @@ def build_schedule(
                 raise unknown_name(
                     "task in custom stages (not in the configured tasks)", task, tasks
                 )
-        return schedule
+        default = {"weighting": weighting, "weighting_options": dict(weighting_options or {})}
+        custom = tuple(
+            stage if "weighting" in given else dataclasses.replace(stage, **default)
+            for given, stage in zip(stages, schedule.stages, strict=True)
+        )
+        return dataclasses.replace(schedule, stages=custom)
     if kind not in SCHEDULES:
         raise unknown_name("schedule kind", kind, SCHEDULE_KINDS)
     if stages:
         raise ValueError(f"stages are only read for kind 'custom', not {kind!r}")
     schedule = SCHEDULES[kind](tasks, iterations_per_task)
     stages_out = tuple(
-        dataclasses.replace(s, sampling=sampling, sampling_options=dict(sampling_options or {}))
+        dataclasses.replace(
+            s,
+            sampling=sampling,
+            sampling_options=dict(sampling_options or {}),
+            weighting=weighting,
+            weighting_options=dict(weighting_options or {}),
+        )
         for s in schedule.stages
     )
     for stage in stages_out:

@@ -446,3 +446,23 @@ def test_importing_schedules_does_not_import_torch():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == "False"
+
+
+def test_build_schedule_gives_stages_without_their_own_weighting_the_default() -> None:
+    from schedules import build_schedule
+
+    built = build_schedule("cmtl", ["a", "b"], 9, weighting="dwa", weighting_options={"window": 5})
+    assert {(s.weighting, dict(s.weighting_options)["window"]) for s in built.stages} == {
+        ("dwa", 5)
+    }
+    custom = build_schedule(
+        "custom",
+        ["a", "b"],
+        0,
+        [
+            {"name": "one", "budgets": {"a": 2}},
+            {"name": "two", "budgets": {"b": 2}, "weighting": "pcgrad"},
+        ],
+        weighting="uncertainty",
+    )
+    assert [s.weighting for s in custom.stages] == ["uncertainty", "pcgrad"]
