@@ -24,6 +24,7 @@ MAX_SEQ_LENGTH = 64
 SHARED_COLUMNS = ("input_ids", "token_type_ids", "word_starts")
 BATCH_SIZE = 8
 TASK_NAMES = sorted(pretrain_tasks.TASKS)
+TOKEN_TASK_NAMES = [name for name in TASK_NAMES if pretrain_tasks.TASKS[name].level == "token"]
 
 
 def build_all(task, documents, corpus, seed: int = 0) -> list[dict]:
@@ -135,10 +136,10 @@ def test_collate_loss_backward_metrics(prepared, encoder_config) -> None:
     )
 
 
-def test_token_task_attaches_to_another_batch(prepared, tokenizer, documents, corpus_view) -> None:
-    task, _ = prepared
-    if task.level != "token" or not hasattr(task, "attach"):
-        pytest.skip("only token-level tasks attach to other batches")
+@pytest.mark.parametrize("name", TOKEN_TASK_NAMES)
+def test_token_task_attaches_to_another_batch(name, tokenizer, documents, corpus_view) -> None:
+    task = pretrain_tasks.build_task(name, {}, tokenizer, MAX_SEQ_LENGTH)
+    assert callable(getattr(task, "attach", None)), "token-level tasks must implement attach"
     host = pretrain_tasks.build_task("sentence_distance", {}, tokenizer, MAX_SEQ_LENGTH)
     host_examples = build_all(host, documents, corpus_view)[:BATCH_SIZE]
     columns = columnar(host_examples, [*SHARED_COLUMNS, *host.example_columns()])
