@@ -338,6 +338,98 @@ class AttachingCollate:
         return batch
 
 
+def binary_token_loss(head: nn.Module, encoded: Encoded, labels: Tensor) -> TaskLoss:
+    """Cross-entropy over labelled positions, with accuracy and class-1 F1 statistics."""
+    positions = labels != IGNORE_INDEX  # (B, T)
+    logits = head(encoded.sequence_output[positions])  # (N, 2)
+    targets = labels[positions]  # (N,)
+    loss = classification_loss(logits, targets)
+    predicted = logits.argmax(-1)
+    stats = {
+        **loss.stats,
+        "true_positive": ((predicted == 1) & (targets == 1)).sum(),
+        "predicted_positive": (predicted == 1).sum(),
+        "actual_positive": (targets == 1).sum(),
+    }
+    return TaskLoss(loss.loss_sum, loss.sample_size, stats)
+
+
+def binary_token_metrics(stats: Mapping[str, float]) -> dict[str, float]:
+    """Accuracy, mean loss, and precision/recall/F1 of class 1, from summed statistics."""
+    true_positive = float(stats.get("true_positive", 0))
+    precision = true_positive / max(float(stats.get("predicted_positive", 0)), 1.0)
+    recall = true_positive / max(float(stats.get("actual_positive", 0)), 1.0)
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    positive_rate = float(stats.get("actual_positive", 0)) / max(float(stats.get("count", 0)), 1.0)
+    return {
+        **accuracy_metrics(stats),
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
+        "positive_rate": positive_rate,
+    }
+
+
+def padded_labels(rows: Sequence[Sequence[int]], length: int) -> Tensor:
+    """Label rows right-padded with IGNORE_INDEX to exactly ``length`` columns: (B, length)."""
+    tensor = pad_column(rows, IGNORE_INDEX)
+    padding = max(length - tensor.shape[1], 0)
+    return nn.functional.pad(tensor, (0, padding), value=IGNORE_INDEX)[:, :length]
+
+
+def count_binary_labels(rows: Sequence[Sequence[int]], names: tuple[str, str]) -> dict[str, int]:
+    """How many tokens carry label 0 and label 1, under the given ``names``."""
+    flat = [label for row in rows for label in row]
+    return {names[0]: flat.count(0), names[1]: flat.count(1)}
+
+
+class BinaryTokenClassification(AttachingCollate):
+    """The shared half of token tasks whose prepare-time column ``<name>_labels`` holds a 0/1
+    label per token (IGNORE_INDEX where unlabelled). A task sets ``label_names`` (the names
+    of label 0 and 1) and writes its own ``build_examples``."""
+
+    name: ClassVar[str]
+    label_names: ClassVar[tuple[str, str]]
+    num_labels = 2
+
+    @property
+    def labels_key(self) -> str:
+        """The column (and batch key) of this task's labels."""
+        return f"{self.name}_labels"
+
+    def attach(
+        self,
+        batch: dict[str, Tensor],
+        examples: Mapping[str, Sequence[Any]],
+        generator: torch.Generator,
+    ) -> bool:
+        """Add the labels column to ``batch``; False when the examples lack it."""
+        if self.labels_key not in examples:
+            return False
+        batch[self.labels_key] = padded_labels(
+            examples[self.labels_key], batch["input_ids"].shape[1]
+        )
+        return True
+
+    def build_head(self, config: Any) -> nn.Module:
+        """A 2-way token classifier."""
+        return TokenClassificationHead(
+            config.hidden_size, self.num_labels, config.hidden_dropout_prob
+        )
+
+    def loss(self, head: nn.Module, encoded: Encoded, batch: Mapping[str, Tensor]) -> TaskLoss:
+        """Cross-entropy over labelled tokens."""
+        return binary_token_loss(head, encoded, batch[self.labels_key])
+
+    def metrics(self, stats: Mapping[str, float]) -> dict[str, float]:
+        """Accuracy, and precision/recall/F1 of label 1."""
+        return binary_token_metrics(stats)
+
+    def label_counts(self, columns: Mapping[str, Sequence[Any]]) -> dict[str, int]:
+        """Labelled tokens per class."""
+        return count_binary_labels(columns[self.labels_key], self.label_names)
+
+
 @runtime_checkable
 class PretrainTask(Protocol):
     """What a pre-training objective provides. ``name`` = file stem = config string."""

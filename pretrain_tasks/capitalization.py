@@ -20,24 +20,15 @@ The binary token loss and metrics here are shared with ``token_document_relation
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-import torch
-from torch import Tensor, nn
-
 from pretrain_tasks.base import (
     IGNORE_INDEX,
-    AttachingCollate,
+    BinaryTokenClassification,
     CorpusView,
-    Encoded,
     SkipDocument,
-    TaskLoss,
-    TokenClassificationHead,
-    accuracy_metrics,
-    classification_loss,
-    pad_column,
 )
 from pretrain_tasks.knowledge_masking import PackedSegment, pack_sentences_with_offsets
 
@@ -84,51 +75,6 @@ def capitalization_labels(
 # ---------------------------------------------------------------- binary token loss (shared)
 
 
-def binary_token_loss(head: nn.Module, encoded: Encoded, labels: Tensor) -> TaskLoss:
-    """Cross-entropy over labelled positions, with accuracy and class-1 F1 statistics."""
-    positions = labels != IGNORE_INDEX  # (B, T)
-    logits = head(encoded.sequence_output[positions])  # (N, 2)
-    targets = labels[positions]  # (N,)
-    loss = classification_loss(logits, targets)
-    predicted = logits.argmax(-1)
-    stats = {
-        **loss.stats,
-        "true_positive": ((predicted == 1) & (targets == 1)).sum(),
-        "predicted_positive": (predicted == 1).sum(),
-        "actual_positive": (targets == 1).sum(),
-    }
-    return TaskLoss(loss.loss_sum, loss.sample_size, stats)
-
-
-def binary_token_metrics(stats: Mapping[str, float]) -> dict[str, float]:
-    """Accuracy, mean loss, and precision/recall/F1 of class 1, from summed statistics."""
-    true_positive = float(stats.get("true_positive", 0))
-    precision = true_positive / max(float(stats.get("predicted_positive", 0)), 1.0)
-    recall = true_positive / max(float(stats.get("actual_positive", 0)), 1.0)
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    positive_rate = float(stats.get("actual_positive", 0)) / max(float(stats.get("count", 0)), 1.0)
-    return {
-        **accuracy_metrics(stats),
-        "precision": precision,
-        "recall": recall,
-        "f1": f1,
-        "positive_rate": positive_rate,
-    }
-
-
-def padded_labels(rows: Sequence[Sequence[int]], length: int) -> Tensor:
-    """Label rows right-padded with IGNORE_INDEX to exactly ``length`` columns: (B, length)."""
-    tensor = pad_column(rows, IGNORE_INDEX)
-    padding = max(length - tensor.shape[1], 0)
-    return nn.functional.pad(tensor, (0, padding), value=IGNORE_INDEX)[:, :length]
-
-
-def count_binary_labels(rows: Sequence[Sequence[int]], names: tuple[str, str]) -> dict[str, int]:
-    """How many tokens carry label 0 and label 1, under the given ``names``."""
-    flat = [label for row in rows for label in row]
-    return {names[0]: flat.count(0), names[1]: flat.count(1)}
-
-
 # ---------------------------------------------------------------- the task
 
 
@@ -140,14 +86,14 @@ class CapitalizationSettings:
     ignore_sentence_initial: bool = False
 
 
-class CapitalizationTask(AttachingCollate):
+class CapitalizationTask(BinaryTokenClassification):
     """Predict from uncased input whether each word was capitalised."""
 
     name: ClassVar[str] = "capitalization"
     family: ClassVar[str] = "word-aware"
     level: ClassVar[str] = "token"
     Settings: ClassVar[type] = CapitalizationSettings
-    num_labels = 2
+    label_names: ClassVar[tuple[str, str]] = ("lowercase", "capitalised")
 
     def __init__(
         self, settings: CapitalizationSettings, tokenizer: Any, max_seq_length: int
@@ -184,33 +130,3 @@ class CapitalizationTask(AttachingCollate):
                 self.tokenizer, sentences, self.max_seq_length
             )
         ]
-
-    def attach(
-        self,
-        batch: dict[str, Tensor],
-        examples: Mapping[str, Sequence[Any]],
-        generator: torch.Generator,
-    ) -> bool:
-        """Add ``capitalization_labels``; False on batches of examples without them."""
-        if LABELS not in examples:
-            return False
-        batch[LABELS] = padded_labels(examples[LABELS], batch["input_ids"].shape[1])
-        return True
-
-    def build_head(self, config: Any) -> nn.Module:
-        """A 2-way token classifier."""
-        return TokenClassificationHead(
-            config.hidden_size, self.num_labels, config.hidden_dropout_prob
-        )
-
-    def loss(self, head: nn.Module, encoded: Encoded, batch: Mapping[str, Tensor]) -> TaskLoss:
-        """Cross-entropy over labelled words."""
-        return binary_token_loss(head, encoded, batch[LABELS])
-
-    def metrics(self, stats: Mapping[str, float]) -> dict[str, float]:
-        """Accuracy and F1 of the "capitalised" class."""
-        return binary_token_metrics(stats)
-
-    def label_counts(self, columns: Mapping[str, Sequence[Any]]) -> dict[str, int]:
-        """Labelled words per class."""
-        return count_binary_labels(columns[LABELS], ("lowercase", "capitalised"))

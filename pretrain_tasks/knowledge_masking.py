@@ -72,7 +72,7 @@ from pretrain_tasks.base import (
     pad_column,
     word_starts_from,
 )
-from pretrain_tasks.mlm import MaskedLMHead, masked_lm_loss, masked_lm_metrics
+from pretrain_tasks.mlm import MaskedLMHead, masked_lm_loss, masked_lm_metrics, unit_mask
 
 KNOWLEDGE_LEVELS = ("basic", "phrase", "entity")
 PHRASE_UNITS = "knowledge_masking_phrase_units"
@@ -408,42 +408,6 @@ def spacy_entity_spans(nlp: Any, sentences: Sequence[str]) -> list[list[Span]]:
 
 
 # ---------------------------------------------------------------- masking (train time)
-
-
-def unit_mask(
-    input_ids: Tensor,
-    unit_ids: Tensor,
-    *,
-    probability: float,
-    mask_token_id: int,
-    vocab_size: int,
-    generator: torch.Generator,
-    replace_probability: float = 0.8,
-    random_probability: float = 0.1,
-) -> tuple[Tensor, Tensor]:
-    """``mlm.whole_word_mask`` for arbitrary units: (masked input_ids, labels).
-
-    ``unit_ids`` (B, T): 0 = never masked, k > 0 = unit id (tokens of one unit share it).
-    The choice and the 80/10/10 action are drawn per unit, so a unit is masked as a whole.
-    """
-    batch, length = input_ids.shape
-    unit_ids = unit_ids.long()
-    num_units = int(unit_ids.max().item()) + 1 if unit_ids.numel() else 1
-    chosen = torch.rand(batch, num_units, generator=generator) < probability  # (B, U)
-    action = torch.rand(batch, num_units, generator=generator)  # (B, U)
-    token_chosen = chosen.gather(1, unit_ids) & (unit_ids > 0)  # (B, T)
-    token_action = action.gather(1, unit_ids)
-    labels = torch.where(token_chosen, input_ids, torch.full_like(input_ids, IGNORE_INDEX))
-    to_mask = token_chosen & (token_action < replace_probability)
-    to_random = (
-        token_chosen
-        & (token_action >= replace_probability)
-        & (token_action < replace_probability + random_probability)
-    )
-    random_ids = torch.randint(vocab_size, (batch, length), generator=generator)
-    masked = torch.where(to_mask, torch.full_like(input_ids, mask_token_id), input_ids)
-    masked = torch.where(to_random, random_ids, masked)
-    return masked, labels
 
 
 def choose_units(

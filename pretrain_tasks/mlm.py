@@ -29,6 +29,42 @@ from pretrain_tasks.base import (
 )
 
 
+def unit_mask(
+    input_ids: Tensor,
+    unit_ids: Tensor,
+    *,
+    probability: float,
+    mask_token_id: int,
+    vocab_size: int,
+    generator: torch.Generator,
+    replace_probability: float = 0.8,
+    random_probability: float = 0.1,
+) -> tuple[Tensor, Tensor]:
+    """Mask whole units; returns (masked input_ids, labels with IGNORE_INDEX elsewhere).
+
+    ``unit_ids`` (B, T): 0 = never masked, k > 0 = unit id (tokens of one unit share it).
+    The choice and the 80/10/10 action are drawn per unit, so a unit is masked as a whole.
+    """
+    batch, length = input_ids.shape
+    unit_ids = unit_ids.long()
+    num_units = int(unit_ids.max().item()) + 1 if unit_ids.numel() else 1
+    chosen = torch.rand(batch, num_units, generator=generator) < probability  # (B, U)
+    action = torch.rand(batch, num_units, generator=generator)  # (B, U)
+    token_chosen = chosen.gather(1, unit_ids) & (unit_ids > 0)  # (B, T)
+    token_action = action.gather(1, unit_ids)
+    labels = torch.where(token_chosen, input_ids, torch.full_like(input_ids, IGNORE_INDEX))
+    to_mask = token_chosen & (token_action < replace_probability)
+    to_random = (
+        token_chosen
+        & (token_action >= replace_probability)
+        & (token_action < replace_probability + random_probability)
+    )
+    random_ids = torch.randint(vocab_size, (batch, length), generator=generator)
+    masked = torch.where(to_mask, torch.full_like(input_ids, mask_token_id), input_ids)
+    masked = torch.where(to_random, random_ids, masked)
+    return masked, labels
+
+
 def whole_word_mask(
     input_ids: Tensor,
     word_starts: Tensor,
@@ -41,30 +77,22 @@ def whole_word_mask(
     replace_probability: float = 0.8,
     random_probability: float = 0.1,
 ) -> tuple[Tensor, Tensor]:
-    """Mask whole words; returns (masked input_ids, labels with IGNORE_INDEX elsewhere).
+    """``unit_mask`` with words as units.
 
     ``word_starts`` (B, T) is 1 on the first sub-token of each word; ``maskable`` (B, T) is
-    False on special and padding tokens. The unit choice and the 80/10/10 action are drawn
-    per word, so every sub-token of a word shares them.
+    False on special and padding tokens, which get unit 0 (never masked).
     """
-    batch, length = input_ids.shape
     word_index = word_starts.long().cumsum(dim=1)  # (B, T): word number, 1-based
-    num_words = int(word_index.max().item()) + 1
-    chosen = torch.rand(batch, num_words, generator=generator) < probability  # (B, W)
-    action = torch.rand(batch, num_words, generator=generator)  # (B, W)
-    token_chosen = chosen.gather(1, word_index) & maskable.bool() & (word_index > 0)
-    token_action = action.gather(1, word_index)
-    labels = torch.where(token_chosen, input_ids, torch.full_like(input_ids, IGNORE_INDEX))
-    to_mask = token_chosen & (token_action < replace_probability)
-    to_random = (
-        token_chosen
-        & (token_action >= replace_probability)
-        & (token_action < replace_probability + random_probability)
+    return unit_mask(
+        input_ids,
+        word_index.masked_fill(~maskable.bool(), 0),
+        probability=probability,
+        mask_token_id=mask_token_id,
+        vocab_size=vocab_size,
+        generator=generator,
+        replace_probability=replace_probability,
+        random_probability=random_probability,
     )
-    random_ids = torch.randint(vocab_size, (batch, length), generator=generator)
-    masked = torch.where(to_mask, torch.full_like(input_ids, mask_token_id), input_ids)
-    masked = torch.where(to_random, random_ids, masked)
-    return masked, labels
 
 
 # Labels of other masked-LM tasks: positions they already masked are left to them.

@@ -28,27 +28,15 @@ from __future__ import annotations
 import random
 import unicodedata
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-import torch
-from torch import Tensor, nn
-
 from pretrain_tasks.base import (
     IGNORE_INDEX,
-    AttachingCollate,
+    BinaryTokenClassification,
     CorpusView,
-    Encoded,
     SkipDocument,
-    TaskLoss,
-    TokenClassificationHead,
-)
-from pretrain_tasks.capitalization import (
-    binary_token_loss,
-    binary_token_metrics,
-    count_binary_labels,
-    padded_labels,
 )
 from pretrain_tasks.knowledge_masking import (
     STOP_WORDS,
@@ -141,14 +129,14 @@ class TokenDocumentRelationSettings:
             raise ValueError(f"segment_by must be one of {SEGMENT_KINDS}, got {self.segment_by!r}")
 
 
-class TokenDocumentRelationTask(AttachingCollate):
+class TokenDocumentRelationTask(BinaryTokenClassification):
     """Predict whether each word of a segment also occurs in other segments of its document."""
 
     name: ClassVar[str] = "token_document_relation"
     family: ClassVar[str] = "word-aware"
     level: ClassVar[str] = "token"
     Settings: ClassVar[type] = TokenDocumentRelationSettings
-    num_labels = 2
+    label_names: ClassVar[tuple[str, str]] = ("only_this_segment", "in_other_segments")
 
     def __init__(
         self, settings: TokenDocumentRelationSettings, tokenizer: Any, max_seq_length: int
@@ -178,33 +166,3 @@ class TokenDocumentRelationTask(AttachingCollate):
             {**segment.shared_columns(), LABELS: token_labels(segment, word_labels)}
             for (segment, _), word_labels in zip(segments, labels, strict=True)
         ]
-
-    def attach(
-        self,
-        batch: dict[str, Tensor],
-        examples: Mapping[str, Sequence[Any]],
-        generator: torch.Generator,
-    ) -> bool:
-        """Add ``token_document_relation_labels``; False on batches without them."""
-        if LABELS not in examples:
-            return False
-        batch[LABELS] = padded_labels(examples[LABELS], batch["input_ids"].shape[1])
-        return True
-
-    def build_head(self, config: Any) -> nn.Module:
-        """A 2-way token classifier."""
-        return TokenClassificationHead(
-            config.hidden_size, self.num_labels, config.hidden_dropout_prob
-        )
-
-    def loss(self, head: nn.Module, encoded: Encoded, batch: Mapping[str, Tensor]) -> TaskLoss:
-        """Cross-entropy over labelled words."""
-        return binary_token_loss(head, encoded, batch[LABELS])
-
-    def metrics(self, stats: Mapping[str, float]) -> dict[str, float]:
-        """Accuracy and F1 of "appears in another segment"."""
-        return binary_token_metrics(stats)
-
-    def label_counts(self, columns: Mapping[str, Sequence[Any]]) -> dict[str, int]:
-        """Labelled words per class."""
-        return count_binary_labels(columns[LABELS], ("only_this_segment", "in_other_segments"))

@@ -13,11 +13,10 @@ from hypothesis import strategies as st
 
 from ernie_cpt.config import TokenizerConfig
 from ernie_cpt.documents import Document, Paragraph
-from pretrain_tasks.base import IGNORE_INDEX, SkipDocument, pack_sentences
+from pretrain_tasks.base import IGNORE_INDEX, SkipDocument, binary_token_metrics, pack_sentences
 from pretrain_tasks.capitalization import (
     CapitalizationSettings,
     CapitalizationTask,
-    binary_token_metrics,
     capital_label,
 )
 from pretrain_tasks.knowledge_masking import (
@@ -34,10 +33,9 @@ from pretrain_tasks.knowledge_masking import (
     mine_collocations,
     pack_sentences_with_offsets,
     select_non_overlapping,
-    unit_mask,
     units_from_spans,
 )
-from pretrain_tasks.mlm import MLMSettings, MLMTask
+from pretrain_tasks.mlm import MLMSettings, MLMTask, unit_mask
 from pretrain_tasks.sentence_distance import SentenceDistanceSettings, SentenceDistanceTask
 from pretrain_tasks.token_document_relation import (
     TokenDocumentRelationSettings,
