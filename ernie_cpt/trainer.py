@@ -455,6 +455,33 @@ def run_evaluation(
     wandb_run.log({f"eval/{t}/{k}": v for t, m in metrics.items() for k, v in m.items()}, step)
 
 
+def step_row(
+    run: Run, stage_index: int, task: str, result: Mapping[str, Any], seconds: float
+) -> dict[str, Any]:
+    """The metrics.jsonl row of the step just taken (+ gradient telemetry on its steps)."""
+    state, every = run.state, run.config.train.grad_telemetry_every
+    row = {
+        "step": state.step,
+        "stage": stage_index,
+        "task": task,
+        "task_id": state.task_ids[task],
+        "losses": result["losses"],
+        "weights": result["weights"],
+        "lr": result["lr"],
+        "tokens": state.tokens,
+        "step_tokens": result["tokens"],
+        "tokens_per_s": result["tokens"] / seconds if seconds > 0 else 0.0,
+        "samples": result["samples"],
+    }
+    if every and state.step % every == 0:
+        stage_tasks = run.schedule.stages[stage_index].tasks
+        batches = telemetry_batches(run, stage_tasks)
+        row["grad"] = gradient_telemetry(
+            run.engine.module, batches, run.config.train.grad_telemetry_scope
+        )
+    return row
+
+
 def train(
     config: RunConfig,
     run_dir: Path,
@@ -497,26 +524,8 @@ def train(
         state.step += 1
         seconds = time.perf_counter() - started
         state.elapsed += seconds
-        row = {
-            "step": state.step,
-            "stage": stage_index,
-            "task": task,
-            "task_id": state.task_ids[task],
-            "losses": result["losses"],
-            "weights": result["weights"],
-            "lr": result["lr"],
-            "tokens": state.tokens,
-            "step_tokens": result["tokens"],
-            "tokens_per_s": result["tokens"] / seconds if seconds > 0 else 0.0,
-            "samples": result["samples"],
-        }
-        every = config.train.grad_telemetry_every
-        if every and state.step % every == 0:
-            row["grad"] = gradient_telemetry(
-                run.engine.module,
-                telemetry_batches(run, stage.tasks),
-                config.train.grad_telemetry_scope,
-            )
+        row = step_row(run, stage_index, task, result, seconds)
+        if "grad" in row:
             wandb_run.log_matrix("grad/cosine", row["grad"]["cosine"], state.step)
         if metrics is not None:
             metrics.write(row)
@@ -527,9 +536,9 @@ def train(
         stage_end = state.step == schedule.boundaries[stage_index + 1]
         if stage_end:
             run_evaluation(run, state.step, stage_index, "stage_end", evals, wandb_run)
+            wandb_run.log({"schedule/stage_end": stage_index}, state.step)
         elif config.train.eval_every and state.step % config.train.eval_every == 0:
             run_evaluation(run, state.step, stage_index, "periodic", evals, wandb_run)
-            wandb_run.log({"schedule/stage_end": stage_index}, state.step)
         if stage_end or state.step % config.train.checkpoint_every == 0 or state.step == stop:
             save(run, state.step)
     bar.close()

@@ -55,7 +55,16 @@ def test_run_directory_holds_metrics_checkpoints_wandb_and_export(reference_run)
     kept = sorted(p.name for p in (run_dir / "checkpoints").glob("step-*"))
     assert kept == ["step-00000008", "step-00000015", "step-00000020", "step-00000024"]
     assert (run_dir / "checkpoints" / "latest").read_text() == "step-00000024"
-    assert list((run_dir / "wandb").glob("offline-run-*"))
+    offline = list((run_dir / "wandb").glob("offline-run-*"))
+    assert offline
+    wandb_file = next(offline[0].glob("*.wandb")).read_bytes()
+    for key in (
+        b"train/mlm/loss",
+        b"train/sentence_distance/loss",
+        b"schedule/stage_end",
+        b"eval/mlm/accuracy",
+    ):
+        assert key in wandb_file, key
     evals = [json.loads(line) for line in (run_dir / "eval.jsonl").read_text().splitlines()]
     assert [e["stage"] for e in evals] == [-1, 0, 1]
     assert set(evals[0]["metrics"]) == {"mlm", "sentence_distance"}
