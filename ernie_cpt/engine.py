@@ -7,15 +7,19 @@ without a launcher gets the rendezvous variables it needs.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 from ernie_cpt.config import TrainConfig
+
+log = logging.getLogger(__name__)
 
 NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
 
@@ -27,10 +31,30 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def stale_build_locks() -> list[Path]:
+    """Lock files of torch C++-extension builds (DeepSpeed compiles ops on first use).
+
+    A process killed while compiling leaves its lock behind, and every later build of that
+    op then waits on it forever, silently. Returned so the caller can say so.
+    """
+    from torch.utils.cpp_extension import get_default_build_root
+
+    # torch builds in $TORCH_EXTENSIONS_DIR/<op>, else <default root>/py311_cpu/<op>
+    root = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root())
+    return sorted([*root.glob("*/lock"), *root.glob("*/*/lock")]) if root.is_dir() else []
+
+
 def init_distributed() -> tuple[int, int]:
     """Join (or form, single process) the process group; returns (rank, world size)."""
     import deepspeed
     import torch.distributed as dist
+
+    for lock in stale_build_locks():
+        log.warning(
+            "%s exists: if no other process is compiling this DeepSpeed op right now, a killed "
+            "build left it and the next compile will wait forever; delete it",
+            lock,
+        )
 
     if "RANK" not in os.environ:  # not started by a launcher: a group of one
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1")

@@ -58,3 +58,18 @@ def test_no_weight_decay_on_biases_norms_and_weighting_parameters():
     decay, no_decay = parameter_groups(module, 0.01)
     assert [p.shape for p in decay["params"]] == [torch.Size([2, 2])]
     assert len(no_decay["params"]) == 5 and no_decay["weight_decay"] == 0.0
+
+
+def test_stale_extension_build_locks_are_found(tmp_path, monkeypatch):
+    from ernie_cpt.engine import stale_build_locks
+
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    assert stale_build_locks() == []
+    (tmp_path / "deepspeed_shm_comm").mkdir()
+    (tmp_path / "deepspeed_shm_comm" / "lock").touch()
+    (tmp_path / "py311_cpu" / "fused_adam").mkdir(parents=True)
+    (tmp_path / "py311_cpu" / "fused_adam" / "lock").touch()
+    assert stale_build_locks() == [
+        tmp_path / "deepspeed_shm_comm" / "lock",
+        tmp_path / "py311_cpu" / "fused_adam" / "lock",
+    ]
