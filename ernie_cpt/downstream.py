@@ -350,7 +350,7 @@ def predict_metrics(
     """Dev metrics of a fine-tuned model (eval mode, no gradient)."""
     import torch
 
-    model.eval()
+    model.train(False)  # evaluation mode (no dropout)
     predictions: list[Any] = []
     with torch.no_grad():
         for batch in _batches(tensors, 64, range(len(tensors["labels"]))):

@@ -12,11 +12,14 @@ Task-specific columns are prefixed with the task name, e.g. ``sentence_distance_
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import json
 import random
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any, ClassVar, NamedTuple, Protocol, runtime_checkable
 
 import torch
@@ -97,6 +100,42 @@ def row_split(salt: str, row: int, heldout_fraction: float) -> str:
         if stable_seed(salt, "split", row) % 1_000_000 < heldout_fraction * 1_000_000
         else "train"
     )
+
+
+def read_user_rows(path: str | Path, fields: Sequence[str]) -> list[tuple[str, tuple[str, ...]]]:
+    """("path:line", values) for each row of a user-supplied .jsonl/.json or .tsv file.
+
+    JSON lines must hold every field. TSV columns are taken in ``fields`` order, or by name
+    when the first line is a header naming them all. Blank lines are skipped; a row missing
+    a field is an error naming ``path:line``.
+    """
+    path = Path(path)
+    rows: list[tuple[str, tuple[str, ...]]] = []
+    with path.open(encoding="utf-8") as handle:
+        if path.suffix in (".jsonl", ".json"):
+            for number, line in enumerate(handle, 1):
+                if not line.strip():
+                    continue
+                record = json.loads(line)
+                missing = [k for k in fields if k not in record]
+                if missing:
+                    raise ValueError(f"{path}:{number}: missing keys {missing}")
+                rows.append((f"{path}:{number}", tuple(str(record[k]) for k in fields)))
+            return rows
+        order = tuple(range(len(fields)))
+        for number, cells in enumerate(
+            csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE), 1
+        ):
+            if not cells or not any(c.strip() for c in cells):
+                continue
+            names = [c.strip().lower() for c in cells]
+            if number == 1 and set(fields) <= set(names):
+                order = tuple(names.index(k) for k in fields)
+                continue
+            if len(cells) <= max(order):
+                raise ValueError(f"{path}:{number}: expected {', '.join(fields)} columns")
+            rows.append((f"{path}:{number}", tuple(cells[i] for i in order)))
+    return rows
 
 
 def assign_rows(

@@ -31,8 +31,6 @@ examples do not depend on the number of workers. Documents given no row are skip
 
 from __future__ import annotations
 
-import csv
-import json
 import random
 import re
 from collections.abc import Sequence
@@ -46,6 +44,7 @@ from pretrain_tasks.base import (
     SkipDocument,
     UserRows,
     encode_pair,
+    read_user_rows,
 )
 
 LABEL_COLUMN = "discourse_relation_label"
@@ -238,32 +237,8 @@ def marked_pairs(document: Any) -> list[tuple[str, str, str]]:
 
 def read_discovery(path: str | Path) -> list[tuple[str, str, str]]:
     """(s1, s2, marker) rows from a Discovery-style .jsonl or .tsv file (markers normalised)."""
-    path = Path(path)
-    rows: list[tuple[str, str, str]] = []
-    with path.open(encoding="utf-8") as handle:
-        if path.suffix in (".jsonl", ".json"):
-            for number, line in enumerate(handle, 1):
-                if not line.strip():
-                    continue
-                record = json.loads(line)
-                missing = [k for k in ("s1", "s2", "marker") if k not in record]
-                if missing:
-                    raise ValueError(f"{path}:{number}: missing keys {missing}")
-                rows.append((str(record["s1"]), str(record["s2"]), str(record["marker"])))
-        else:
-            reader = csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
-            order = (0, 1, 2)
-            for number, cells in enumerate(reader, 1):
-                if not cells or not any(c.strip() for c in cells):
-                    continue
-                if number == 1 and {"s1", "s2", "marker"} <= {c.strip().lower() for c in cells}:
-                    names = [c.strip().lower() for c in cells]
-                    order = (names.index("s1"), names.index("s2"), names.index("marker"))
-                    continue
-                if len(cells) <= max(order):
-                    raise ValueError(f"{path}:{number}: expected s1, s2, marker columns")
-                rows.append((cells[order[0]], cells[order[1]], cells[order[2]]))
-    return [(s1, s2, normalize_marker(marker)) for s1, s2, marker in rows]
+    rows = read_user_rows(path, ("s1", "s2", "marker"))
+    return [(s1, s2, normalize_marker(marker)) for _, (s1, s2, marker) in rows]
 
 
 # ---------------------------------------------------------------- the task

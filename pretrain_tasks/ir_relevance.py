@@ -31,8 +31,6 @@ the first N are a random subset); the cache is dropped when the task is pickled,
 
 from __future__ import annotations
 
-import csv
-import json
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -47,6 +45,7 @@ from pretrain_tasks.base import (
     SkipDocument,
     UserRows,
     encode_pair,
+    read_user_rows,
 )
 
 LABEL_COLUMN = "ir_relevance_label"
@@ -160,34 +159,8 @@ def parse_label(value: Any, where: str) -> int:
 
 def read_relevance_data(path: str | Path) -> list[tuple[str, str, int]]:
     """(query, title, label) rows from a .jsonl or .tsv file."""
-    path = Path(path)
-    rows: list[tuple[str, str, int]] = []
-    with path.open(encoding="utf-8") as handle:
-        if path.suffix in (".jsonl", ".json"):
-            for number, line in enumerate(handle, 1):
-                if not line.strip():
-                    continue
-                record = json.loads(line)
-                missing = [k for k in ("query", "title", "label") if k not in record]
-                if missing:
-                    raise ValueError(f"{path}:{number}: missing keys {missing}")
-                label = parse_label(record["label"], f"{path}:{number}")
-                rows.append((str(record["query"]), str(record["title"]), label))
-        else:
-            reader = csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
-            order = (0, 1, 2)
-            for number, cells in enumerate(reader, 1):
-                if not cells or not any(c.strip() for c in cells):
-                    continue
-                names = [c.strip().lower() for c in cells]
-                if number == 1 and {"query", "title", "label"} <= set(names):
-                    order = (names.index("query"), names.index("title"), names.index("label"))
-                    continue
-                if len(cells) <= max(order):
-                    raise ValueError(f"{path}:{number}: expected query, title, label columns")
-                label = parse_label(cells[order[2]], f"{path}:{number}")
-                rows.append((cells[order[0]], cells[order[1]], label))
-    return rows
+    rows = read_user_rows(path, ("query", "title", "label"))
+    return [(query, title, parse_label(label, where)) for where, (query, title, label) in rows]
 
 
 # ---------------------------------------------------------------- the task

@@ -586,3 +586,19 @@ def test_user_rows_split_between_train_and_heldout_without_overlap() -> None:
     assert not set(train) & set(heldout)
     assert 20 <= len(heldout) <= 60  # about 20 %
     assert all(row_split("salt", r, 0.2) == "heldout" for r in heldout)
+
+
+def test_read_user_rows_jsonl_tsv_header_and_errors(tmp_path) -> None:
+    from pretrain_tasks.base import read_user_rows
+
+    jsonl = tmp_path / "rows.jsonl"
+    jsonl.write_text('{"b": 2, "a": "x"}\n\n{"a": "y"}\n')
+    with pytest.raises(ValueError, match="rows.jsonl:3: missing keys \\['b'\\]"):
+        read_user_rows(jsonl, ("a", "b"))
+    tsv = tmp_path / "rows.tsv"
+    tsv.write_text("B\tA\n2\tx\n\n3\ty\n")
+    assert read_user_rows(tsv, ("a", "b")) == [(f"{tsv}:2", ("x", "2")), (f"{tsv}:4", ("y", "3"))]
+    short = tmp_path / "short.tsv"
+    short.write_text("only-one-column\n")
+    with pytest.raises(ValueError, match="short.tsv:1: expected a, b columns"):
+        read_user_rows(short, ("a", "b"))
