@@ -305,11 +305,17 @@ def _build_all(
         "skipped_inputs": dict(corpus_skips),
         "tasks": {},
     }
+    splits = {"train": train_docs, "heldout": heldout_docs}
+    # One pool per split, shared by every task (it depends only on the split's documents).
+    pools = {
+        split: SentencePool.from_documents(docs, seed, split, config.data.heldout_fraction)
+        for split, docs in splits.items()
+    }
     for name, task in tasks.items():
         started = time.perf_counter()
         entry: dict[str, Any] = {"family": task.family, "level": task.level}
-        for split, docs in (("train", train_docs), ("heldout", heldout_docs)):
-            pool = SentencePool.from_documents(docs, seed, split, config.data.heldout_fraction)
+        for split, docs in splits.items():
+            pool = pools[split]
             examples, skips = build_task_split(
                 task, docs, pool, seed, num_proc, f"{fingerprint}-{name}-{split}"
             )
