@@ -39,7 +39,7 @@ from transformers import (
 
 from ernie_cpt import trainer
 from ernie_cpt.config import RunConfig, load_config
-from ernie_cpt.data import TaskStream
+from ernie_cpt.data.task_stream import TaskStream
 
 TASK = "mlm"
 NO_DECAY = ("bias", "LayerNorm.weight")

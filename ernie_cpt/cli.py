@@ -47,7 +47,7 @@ def _load(args: argparse.Namespace) -> RunConfig:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Run or resume training."""
-    from ernie_cpt.trainer import train
+    from ernie_cpt.training.loop import train
 
     config = _load(args)
     summary = train(
@@ -64,7 +64,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_prepare(args: argparse.Namespace) -> int:
     """Build (or find cached) per-task example datasets and print the data report."""
-    from ernie_cpt.prepare import prepare_data
+    from ernie_cpt.data.prepare import prepare_data
 
     config = _load(args)
     data = prepare_data(config, cache_dir=Path(args.cache_dir) if args.cache_dir else None)
@@ -100,7 +100,7 @@ def cmd_tasks(args: argparse.Namespace) -> int:
 
 def cmd_schedule(args: argparse.Namespace) -> int:
     """Print the stage table of the configured schedule."""
-    from ernie_cpt.trainer import schedule_from_config
+    from ernie_cpt.training.loop import schedule_from_config
     from schedules.table import format_stage_table
 
     print(format_stage_table(schedule_from_config(_load(args))))
@@ -109,7 +109,7 @@ def cmd_schedule(args: argparse.Namespace) -> int:
 
 def _finetune_args(parser: argparse.ArgumentParser, prefix: str = "") -> None:
     """Fine-tuning settings of ``evaluate`` (and of ``compare --downstream``, prefixed)."""
-    from ernie_cpt.downstream import TASK_TYPES, FinetuneConfig
+    from ernie_cpt.experiments.finetune import TASK_TYPES, FinetuneConfig
 
     d = FinetuneConfig()
     add = parser.add_argument
@@ -125,7 +125,7 @@ def _finetune_args(parser: argparse.ArgumentParser, prefix: str = "") -> None:
 
 
 def _finetune_config(args: argparse.Namespace, prefix: str = "") -> object:
-    from ernie_cpt.downstream import FinetuneConfig
+    from ernie_cpt.experiments.finetune import FinetuneConfig
 
     get = lambda name: getattr(args, prefix.replace("-", "_") + name)  # noqa: E731
     return FinetuneConfig(
@@ -141,7 +141,7 @@ def _finetune_config(args: argparse.Namespace, prefix: str = "") -> object:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     """Train every schedule x seed (resumable), evaluate, write report.md and summary.json."""
-    from ernie_cpt.compare import DownstreamPlan, RunFailed, compare, parse_schedules
+    from ernie_cpt.experiments.compare import DownstreamPlan, RunFailed, compare, parse_schedules
 
     path = args.config_option or args.config
     if path is None:
@@ -172,7 +172,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     except RunFailed as error:
         print(f"ernie-cpt: error: {error}", file=sys.stderr)
         return 1
-    from ernie_cpt.report import summary_table
+    from ernie_cpt.experiments.report import summary_table
 
     print("\n".join(summary_table(summary)))
     return 0
@@ -180,8 +180,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Fine-tune an exported encoder on labelled data with k seeds; print the median."""
-    from ernie_cpt.downstream import evaluate_model
-    from ernie_cpt.report import json_safe
+    from ernie_cpt.experiments.finetune import evaluate_model
+    from ernie_cpt.experiments.report import json_safe
 
     result = evaluate_model(
         args.model_dir,

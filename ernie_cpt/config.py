@@ -102,7 +102,7 @@ class ScheduleConfig:
     # For kind=custom: a list of stages, each {name, budgets: {task: steps}, ...}.
     stages: list[dict[str, Any]] | None = None
     sampling: str = "remaining_budget"
-    # Loss weighting for every stage that does not name its own (see ernie_cpt.weighting).
+    # Loss weighting for every stage that does not name its own (see ernie_cpt.training.weighting).
     weighting: str = "fixed"
     weighting_options: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
@@ -136,7 +136,7 @@ class TrainConfig:
     seed: int = 42
     # One forward per step for one sentence-level task plus every active token-level task.
     combine_token_tasks: bool = True
-    # Per-task gradient norms and cosines every N steps (0 = off); see ernie_cpt.gradients.
+    # Per-task gradient norms and cosines every N steps (0 = off); see ernie_cpt.training.gradient_telemetry.
     grad_telemetry_every: int = 0
     grad_telemetry_scope: str = "last_layer"
     # CPU threads of torch (None = torch's default). On a shared or oversubscribed machine,

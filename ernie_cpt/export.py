@@ -10,7 +10,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from ernie_cpt import checkpoint as ckpt
+from ernie_cpt.training import checkpoint as ckpt
 
 
 def load_run_model(
@@ -21,8 +21,8 @@ def load_run_model(
     from transformers import ErnieConfig, ErnieModel
 
     from ernie_cpt.config import config_from_dict
+    from ernie_cpt.data.tokenization import load_tokenizer
     from ernie_cpt.model import MultiTaskModel
-    from ernie_cpt.tokenization import load_tokenizer
     from pretrain_tasks import build_task
 
     run_dir = Path(run_dir)

@@ -13,7 +13,7 @@ os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from ernie_cpt.config import TokenizerConfig  # noqa: E402
-from ernie_cpt.documents import Document, Paragraph  # noqa: E402
+from pretrain_tasks.document import Document, Paragraph  # noqa: E402
 
 FIXTURE_TEXT = [
     (
@@ -83,7 +83,7 @@ def fixture_documents() -> list[Document]:
 @pytest.fixture(scope="session")
 def tokenizer(tmp_path_factory: pytest.TempPathFactory):
     """An uncased WordPiece tokenizer trained on the fixture text (vocabulary ~300)."""
-    from ernie_cpt.tokenization import load_tokenizer, train_wordpiece
+    from ernie_cpt.data.tokenization import load_tokenizer, train_wordpiece
 
     texts = [s for _, _, sentences in FIXTURE_TEXT for s in sentences] * 3
     out = tmp_path_factory.mktemp("tokenizer")
@@ -100,7 +100,7 @@ def documents() -> list[Document]:
 @pytest.fixture(scope="session")
 def corpus_view(documents):
     """A SentencePool over the fixture documents (for "another document" draws)."""
-    from ernie_cpt.prepare import SentencePool
+    from ernie_cpt.data.prepare import SentencePool
 
     sentences, ids = [], []
     for doc in documents:
@@ -133,7 +133,7 @@ def distributed():
     """A one-process gloo group (DeepSpeed's CPU path); returns the deepspeed module."""
     import deepspeed
 
-    from ernie_cpt.engine import init_distributed
+    from ernie_cpt.training.engine import init_distributed
 
     init_distributed()
     return deepspeed

@@ -8,7 +8,7 @@ import random
 import numpy as np
 import torch
 
-from ernie_cpt import checkpoint as ckpt
+from ernie_cpt.training import checkpoint as ckpt
 
 
 def make_checkpoint(root, step, payload=b"weights"):

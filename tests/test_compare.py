@@ -10,7 +10,8 @@ import pytest
 from conftest import TINY_CONFIG, cli_env, run_cli
 from test_downstream import polarity_tsv
 
-from ernie_cpt.compare import (
+from ernie_cpt.config import ConfigError, config_from_dict
+from ernie_cpt.experiments.compare import (
     ATTEMPTS_FILE,
     DONE_FILE,
     PLAN_FILE,
@@ -21,8 +22,7 @@ from ernie_cpt.compare import (
     plan_runs,
     stage_evaluations,
 )
-from ernie_cpt.config import ConfigError, config_from_dict
-from ernie_cpt.forgetting import forgetting_metrics
+from ernie_cpt.experiments.forgetting import forgetting_metrics
 
 
 def tiny() -> object:

@@ -10,9 +10,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from ernie_cpt import corpus as corpus_module
 from ernie_cpt.config import DataConfig
-from ernie_cpt.corpus import (
+from ernie_cpt.data import corpus as corpus_module
+from ernie_cpt.data.corpus import (
     BUILTIN_CORPORA,
     DOCUMENT_FEATURES,
     SKIP_REASONS,
@@ -23,13 +23,13 @@ from ernie_cpt.corpus import (
     load_raw_corpus,
     split_heldout,
 )
-from ernie_cpt.documents import Document
-from ernie_cpt.segmentation import (
+from ernie_cpt.data.segmentation import (
     PYSBD_CHUNK_CHARS,
     cut_at_whitespace,
     segment_text,
     split_blocks,
 )
+from pretrain_tasks.document import Document
 
 RECORDS = [
     {"id": "a", "title": "Alpha", "text": "First sentence. Second one.\n\nNew paragraph here."},

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datasets
 
-from ernie_cpt.data import TaskStream
+from ernie_cpt.data.task_stream import TaskStream
 
 
 def dataset(n=10):

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from conftest import cli_env, run_cli
 
-from ernie_cpt.downstream import (
+from ernie_cpt.experiments.finetune import (
     FinetuneConfig,
     classification_metrics,
     evaluate_model,

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO, cli_env, run_cli
 
-from ernie_cpt.engine import free_port
+from ernie_cpt.training.engine import free_port
 
 pytestmark = pytest.mark.slow
 

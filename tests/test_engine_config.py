@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from ernie_cpt.config import TrainConfig
-from ernie_cpt.engine import deepspeed_config, parameter_groups
+from ernie_cpt.training.engine import deepspeed_config, parameter_groups
 
 
 def test_deepspeed_config_from_train_section():
@@ -61,7 +61,7 @@ def test_no_weight_decay_on_biases_norms_and_weighting_parameters():
 
 
 def test_stale_extension_build_locks_are_found(tmp_path, monkeypatch):
-    from ernie_cpt.engine import stale_build_locks
+    from ernie_cpt.training.engine import stale_build_locks
 
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
     assert stale_build_locks() == []

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from ernie_cpt.forgetting import (
+from ernie_cpt.experiments.forgetting import (
     average_forgetting,
     backward_transfer,
     forgetting_metrics,

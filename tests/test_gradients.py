@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ernie_cpt.gradients import norms_and_cosines
+from ernie_cpt.training.gradient_telemetry import norms_and_cosines
 
 
 def test_norms_and_cosines_exact():

@@ -9,7 +9,7 @@ import torch
 from conftest import cli_env, run_cli
 from torch import nn
 
-from ernie_cpt.grow import fit, read_parameter_states, transfer
+from ernie_cpt.training.add_tasks import fit, read_parameter_states, transfer
 
 
 class Toy(nn.Module):

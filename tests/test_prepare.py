@@ -23,7 +23,7 @@ def small_corpus(path: Path) -> Path:
 
 
 def prepare(tmp_path: Path, num_proc: int, tokenizer: Path):
-    from ernie_cpt.prepare import prepare_data
+    from ernie_cpt.data.prepare import prepare_data
 
     config = config_from_dict(
         {
@@ -91,7 +91,7 @@ def test_entry_point_tasks_are_found_and_unknown_names_get_a_hint(monkeypatch):
 def test_trained_vocabulary_ids_are_canonical():
     import random
 
-    from ernie_cpt.tokenization import SPECIAL_TOKENS, canonical_wordpiece
+    from ernie_cpt.data.tokenization import SPECIAL_TOKENS, canonical_wordpiece
 
     tokens = SPECIAL_TOKENS + ["paris", "##is", "a", "##s", "city", "london"]
     shuffled = tokens[:]

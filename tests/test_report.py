@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from ernie_cpt.compare import DONE_FILE, collect_run
-from ernie_cpt.report import PLOTS, build_summary, log_wandb_summary, write_report
+from ernie_cpt.experiments.compare import DONE_FILE, collect_run
+from ernie_cpt.experiments.report import PLOTS, build_summary, log_wandb_summary, write_report
 
 TASKS = ["a", "b"]
 

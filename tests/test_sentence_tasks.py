@@ -12,8 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ernie_cpt.documents import Document, Paragraph
-from ernie_cpt.prepare import SentencePool
+from ernie_cpt.data.prepare import SentencePool
 from pretrain_tasks.base import SkipDocument, UserRows, assign_rows, row_split, stable_seed
 from pretrain_tasks.discourse_relation import (
     MARKER_NAMES,
@@ -26,6 +25,7 @@ from pretrain_tasks.discourse_relation import (
     marked_pairs,
     read_discovery,
 )
+from pretrain_tasks.document import Document, Paragraph
 from pretrain_tasks.ir_relevance import (
     IRRelevanceSettings,
     IRRelevanceTask,

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from ernie_cpt.weighting import (
+from ernie_cpt.training.weighting import (
     WEIGHTINGS,
     ZERO3_UNSUPPORTED,
     LossWeighting,
@@ -20,9 +20,9 @@ from ernie_cpt.weighting import (
     kpi_key,
     loss_key,
 )
-from ernie_cpt.weighting.dtp import focal_priority
-from ernie_cpt.weighting.dwa import dwa_weights
-from ernie_cpt.weighting.pcgrad import project_conflicting
+from ernie_cpt.training.weighting.dtp import focal_priority
+from ernie_cpt.training.weighting.dwa import dwa_weights
+from ernie_cpt.training.weighting.pcgrad import project_conflicting
 
 TASKS = ("a", "b", "c")
 # Options that make each method's state non-trivial within a few steps.

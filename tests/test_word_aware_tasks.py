@@ -12,13 +12,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ernie_cpt.config import TokenizerConfig
-from ernie_cpt.documents import Document, Paragraph
 from pretrain_tasks.base import IGNORE_INDEX, SkipDocument, binary_token_metrics, pack_sentences
 from pretrain_tasks.capitalization import (
     CapitalizationSettings,
     CapitalizationTask,
     capital_label,
 )
+from pretrain_tasks.document import Document, Paragraph
 from pretrain_tasks.knowledge_masking import (
     ENTITY_COUNT,
     ENTITY_UNITS,
@@ -421,7 +421,7 @@ def test_capitalization_labels_exact(tokenizer, corpus_view):
 def test_capitalization_refuses_cased_tokenizer(tmp_path):
     from conftest import FIXTURE_TEXT
 
-    from ernie_cpt.tokenization import load_tokenizer, train_wordpiece
+    from ernie_cpt.data.tokenization import load_tokenizer, train_wordpiece
 
     texts = [s for _, _, sentences in FIXTURE_TEXT for s in sentences] * 3
     config = TokenizerConfig(vocab_size=300, min_frequency=1, lowercase=False)

@@ -1,6 +1,6 @@
 """The comparison report: ``summary.json``, ``report.md``, PNG plots and a W&B summary run.
 
-``build_summary`` reduces the per-run results of ``ernie_cpt.compare.collect_run`` to one
+``build_summary`` reduces the per-run results of ``ernie_cpt.experiments.compare.collect_run`` to one
 entry per schedule: ACC, BWT, FWT and average forgetting as mean / sample std / min / max
 over seeds (NaN, written ``null`` in JSON and ``n/a`` in the table, where a metric is
 undefined, e.g. BWT of multitask), the seed-mean R matrix, downstream medians, tokens and
@@ -41,9 +41,9 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ernie_cpt import checkpoint as ckpt
-from ernie_cpt.forgetting import LOWER_IS_BETTER, mean_and_spread, mean_matrix
-from ernie_cpt.telemetry import read_jsonl
+from ernie_cpt.experiments.forgetting import LOWER_IS_BETTER, mean_and_spread, mean_matrix
+from ernie_cpt.training import checkpoint as ckpt
+from ernie_cpt.training.run_log import read_jsonl
 
 METRICS = ("acc", "bwt", "fwt", "forgetting")
 METRIC_TITLES = {"acc": "ACC", "bwt": "BWT", "fwt": "FWT", "forgetting": "forgetting"}
@@ -254,7 +254,7 @@ def markdown(summary: Mapping[str, Any], plots: Sequence[str]) -> str:
         "pre-trained model, then mean ± std over pre-training seeds. Wall time: the "
         "training subprocesses that returned (an attempt killed with the harness is not "
         "counted); train s: the trainer's own step time, kept across resumes. Definitions: "
-        "`ernie_cpt/forgetting.py`.",
+        "`ernie_cpt/experiments/forgetting.py`.",
         "",
         "## Runs",
         "",

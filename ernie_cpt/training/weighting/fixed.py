@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 
 from torch import Tensor
 
-from ernie_cpt.weighting.base import WeightingModule, weighted_sum
+from ernie_cpt.training.weighting.base import WeightingModule, weighted_sum
 
 
 class FixedWeighting(WeightingModule):

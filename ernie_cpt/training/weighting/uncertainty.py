@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from ernie_cpt.weighting.base import WeightingModule
+from ernie_cpt.training.weighting.base import WeightingModule
 
 
 class UncertaintyWeighting(WeightingModule):

@@ -14,8 +14,8 @@ from typing import Any
 import torch
 
 from ernie_cpt.config import TrainConfig
-from ernie_cpt.engine import all_reduce_sum, device
-from ernie_cpt.train_module import merge_stats, reduce_stats
+from ernie_cpt.training.engine import all_reduce_sum, device
+from ernie_cpt.training.train_module import merge_stats, reduce_stats
 
 EVAL_SEED = 20260101
 

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ernie_cpt.weighting.base import WeightingModule, shared_gradients
+from ernie_cpt.training.weighting.base import WeightingModule, shared_gradients
 
 
 class GradNorm(WeightingModule):

@@ -19,7 +19,7 @@ from typing import Any
 
 from torch import Tensor
 
-from ernie_cpt.weighting.base import WeightingModule, loss_key, weighted_sum
+from ernie_cpt.training.weighting.base import WeightingModule, loss_key, weighted_sum
 
 
 def dwa_weights(ratios: Sequence[float], temperature: float) -> list[float]:

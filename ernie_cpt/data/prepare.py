@@ -24,12 +24,12 @@ from typing import Any
 
 import datasets
 
-from ernie_cpt import corpus as corpus_lib
 from ernie_cpt.config import RunConfig
-from ernie_cpt.documents import Document
-from ernie_cpt.tokenization import load_or_train_tokenizer
+from ernie_cpt.data import corpus as corpus_lib
+from ernie_cpt.data.tokenization import load_or_train_tokenizer
 from pretrain_tasks import build_task
 from pretrain_tasks.base import PretrainTask, SkipDocument, stable_seed
+from pretrain_tasks.document import Document
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from torch import Tensor
 
-from ernie_cpt.weighting.base import WeightingModule, kpi_key, weighted_sum
+from ernie_cpt.training.weighting.base import WeightingModule, kpi_key, weighted_sum
 
 KPI_EPSILON = 1e-6  # kappa is clipped to [eps, 1 - eps] so log(kappa) stays finite
 

@@ -14,13 +14,13 @@ from typing import Any
 from torch import nn
 
 from ernie_cpt.config import did_you_mean
-from ernie_cpt.weighting.base import LossWeighting, WeightingModule, kpi_key, loss_key
-from ernie_cpt.weighting.dtp import DynamicTaskPrioritization
-from ernie_cpt.weighting.dwa import DynamicWeightAverage
-from ernie_cpt.weighting.fixed import FixedWeighting
-from ernie_cpt.weighting.gradnorm import GradNorm
-from ernie_cpt.weighting.pcgrad import PCGrad
-from ernie_cpt.weighting.uncertainty import UncertaintyWeighting
+from ernie_cpt.training.weighting.base import LossWeighting, WeightingModule, kpi_key, loss_key
+from ernie_cpt.training.weighting.dtp import DynamicTaskPrioritization
+from ernie_cpt.training.weighting.dwa import DynamicWeightAverage
+from ernie_cpt.training.weighting.fixed import FixedWeighting
+from ernie_cpt.training.weighting.gradnorm import GradNorm
+from ernie_cpt.training.weighting.pcgrad import PCGrad
+from ernie_cpt.training.weighting.uncertainty import UncertaintyWeighting
 
 WEIGHTINGS: dict[str, type[WeightingModule]] = {
     "fixed": FixedWeighting,

@@ -19,7 +19,7 @@ Layout of DIR::
         downstream/*.json      cached downstream evaluations (final model; with
                                --downstream-stages also each stage's end checkpoint,
                                exported to stage_exports/stage<k>/)
-    report.md, summary.json, plots/*.png, wandb/   (see ``ernie_cpt.report``)
+    report.md, summary.json, plots/*.png, wandb/   (see ``ernie_cpt.experiments.report``)
 
 Resuming: running the same command again skips finished runs (their ``compare_done.json``)
 and resumes unfinished ones with ``--resume auto`` from their newest valid checkpoint. The
@@ -37,7 +37,7 @@ waiting on each other).
 Analysis (``collect_run``): ``eval.jsonl`` gives the initial evaluation (b) and one after
 every stage: the score matrix R with the held-out ``metric`` of every task (``accuracy`` by
 default; for ``loss``/``perplexity`` the negative, so higher is better) and the forgetting
-metrics of ``ernie_cpt.forgetting``, with each task's introduction stage read from the
+metrics of ``ernie_cpt.experiments.forgetting``, with each task's introduction stage read from the
 schedule the run trained.
 """
 
@@ -58,15 +58,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from ernie_cpt import checkpoint as ckpt
 from ernie_cpt.config import ConfigError, RunConfig, diff_configs, load_config, save_config
-from ernie_cpt.forgetting import (
+from ernie_cpt.experiments.forgetting import (
     LOWER_IS_BETTER,
     forgetting_metrics,
     introduction_stages,
     score_matrix,
 )
-from ernie_cpt.telemetry import read_jsonl
+from ernie_cpt.training import checkpoint as ckpt
+from ernie_cpt.training.run_log import read_jsonl
 
 PLAN_FILE = "comparison.json"
 DONE_FILE = "compare_done.json"
@@ -468,7 +468,7 @@ class DownstreamPlan:
 
     def finetune_config(self) -> Any:
         """The fine-tuning settings in force."""
-        from ernie_cpt.downstream import FinetuneConfig
+        from ernie_cpt.experiments.finetune import FinetuneConfig
 
         return self.finetune or FinetuneConfig()
 
@@ -508,7 +508,7 @@ def downstream_all(
     out_dir: Path, plan: dict[str, Any], downstream: DownstreamPlan, echo: Echo
 ) -> None:
     """Evaluate every finished run's model(s) on every downstream file (cached per run)."""
-    from ernie_cpt.downstream import evaluate_model
+    from ernie_cpt.experiments.finetune import evaluate_model
 
     for spec in plan_runs(plan):
         run_dir = out_dir / "runs" / spec.name
@@ -578,7 +578,7 @@ def compare(
     threads: int | None = None,
 ) -> dict[str, Any]:
     """Plan, train (resuming), evaluate downstream, analyse and report; returns the summary."""
-    from ernie_cpt.report import build_summary, log_wandb_summary, write_report
+    from ernie_cpt.experiments.report import build_summary, log_wandb_summary, write_report
 
     out_dir = Path(out_dir)
     config = load_config(config_path, overrides)

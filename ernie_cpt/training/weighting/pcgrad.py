@@ -17,7 +17,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ernie_cpt.weighting.base import WeightingModule, redirect_shared_gradient, shared_gradients
+from ernie_cpt.training.weighting.base import (
+    WeightingModule,
+    redirect_shared_gradient,
+    shared_gradients,
+)
 
 
 def project_conflicting(grads: Tensor, generator: torch.Generator) -> Tensor:

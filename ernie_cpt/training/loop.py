@@ -21,18 +21,18 @@ from typing import Any
 
 import torch
 
-from ernie_cpt import checkpoint as ckpt
 from ernie_cpt.config import RunConfig, diff_configs, save_config
-from ernie_cpt.data import TaskStream
-from ernie_cpt.engine import all_reduce_sum, build_engine, device, init_distributed
-from ernie_cpt.evaluation import evaluate
-from ernie_cpt.gradients import gradient_telemetry
-from ernie_cpt.grow import transfer
+from ernie_cpt.data.prepare import PreparedData, prepare_data
+from ernie_cpt.data.task_stream import TaskStream
 from ernie_cpt.model import build_model, grow_task_embeddings
-from ernie_cpt.prepare import PreparedData, prepare_data
-from ernie_cpt.telemetry import JsonlLog, WandbRun, flat_metrics
-from ernie_cpt.train_module import TrainModule, describe, merge_stats, reduce_stats
-from ernie_cpt.weighting import build_weighting, check_zero_stage, kpi_key, loss_key
+from ernie_cpt.training import checkpoint as ckpt
+from ernie_cpt.training.add_tasks import transfer
+from ernie_cpt.training.engine import all_reduce_sum, build_engine, device, init_distributed
+from ernie_cpt.training.gradient_telemetry import gradient_telemetry
+from ernie_cpt.training.heldout_eval import evaluate
+from ernie_cpt.training.run_log import JsonlLog, WandbRun, flat_metrics
+from ernie_cpt.training.train_module import TrainModule, describe, merge_stats, reduce_stats
+from ernie_cpt.training.weighting import build_weighting, check_zero_stage, kpi_key, loss_key
 from pretrain_tasks.base import stable_seed
 from schedules import Schedule, Stage, build_schedule, sample_task
 from schedules.sampling import with_dataset_sizes

@@ -44,7 +44,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ernie_cpt.config import DataConfig, did_you_mean
-from ernie_cpt.segmentation import segment_text
+from ernie_cpt.data.segmentation import segment_text
 
 # Bump when the reading/cleaning/splitting rules change, so cached documents are rebuilt.
 PIPELINE_VERSION = 1

@@ -1,0 +1,1 @@
+"""Experiments over finished runs: schedule comparisons, forgetting metrics, reports, fine-tuning."""
