@@ -8,10 +8,8 @@ overrides any key, the value parsed as YAML.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import hashlib
 import json
-import typing
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,18 +17,11 @@ from typing import Any
 
 import yaml
 
+from schedules.options import OptionsError, build_settings, did_you_mean
 
-class ConfigError(ValueError):
+
+class ConfigError(OptionsError):
     """A configuration that cannot be used, with a message meant for the user."""
-
-
-def did_you_mean(name: str, choices: Iterable[str]) -> str:
-    """Return ' (did you mean "x"?)' for the closest choice, or '' if none is close."""
-    choices = list(choices)
-    close = difflib.get_close_matches(name, choices, n=1, cutoff=0.6)
-    if not close:  # "lr_rate" -> "lr": a choice that the name starts with (or vice versa)
-        close = sorted((c for c in choices if name.startswith(c) or c.startswith(name)), key=len)
-    return f' (did you mean "{close[0]}"?)' if close else ""
 
 
 @dataclass(frozen=True)
@@ -102,6 +93,8 @@ class ScheduleConfig:
     # For kind=custom: a list of stages, each {name, budgets: {task: steps}, ...}.
     stages: list[dict[str, Any]] | None = None
     sampling: str = "remaining_budget"
+    # The sampler's options (see schedules.sampling), e.g. {weights: {mlm: 3, ...}} for fixed.
+    sampling_options: dict[str, Any] = field(default_factory=dict)
     # Loss weighting for every stage that does not name its own (see ernie_cpt.training.weighting).
     weighting: str = "fixed"
     weighting_options: dict[str, Any] = field(default_factory=dict)
@@ -210,75 +203,10 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _number(text: str, where: str) -> int | float:
-    try:
-        return int(text)
-    except ValueError:
-        pass
-    try:
-        return float(text)
-    except ValueError:
-        raise ConfigError(f"{where}: expected a number, got {text!r}") from None
-
-
-def _coerce(value: Any, annotation: Any, where: str) -> Any:
-    """Check/convert one YAML value against a dataclass field annotation."""
-    origin = typing.get_origin(annotation)
-    args = typing.get_args(annotation)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _coerce(value, inner[0], where)
-    if annotation is Any:
-        return value
-    if annotation is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{where}: expected true/false, got {value!r}")
-    if annotation in (int, float) and isinstance(value, str):
-        value = _number(value, where)  # YAML 1.1 reads "3e-4" as a string
-    if annotation is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        raise ConfigError(f"{where}: expected an integer, got {value!r}")
-    if annotation is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        raise ConfigError(f"{where}: expected a number, got {value!r}")
-    if annotation is str:
-        if isinstance(value, str):
-            return value
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return str(value)
-        raise ConfigError(f"{where}: expected a string, got {value!r}")
-    if origin is list:
-        if not isinstance(value, list):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
-        return (
-            [_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)] if args else value
-        )
-    if origin is dict:
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
-        return dict(value)
-    return value
-
-
 def build_dataclass(cls: type, values: Mapping[str, Any] | None, where: str) -> Any:
-    """Build dataclass ``cls`` from a mapping; unknown keys raise with a suggestion."""
-    values = dict(values or {})
-    if not isinstance(values, dict):
-        raise ConfigError(f"{where}: expected a mapping, got {values!r}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    hints = typing.get_type_hints(cls)
-    for key in values:
-        if key not in fields:
-            raise ConfigError(f"unknown key {where}.{key}{did_you_mean(key, fields)}")
-    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in values.items()}
-    return cls(**kwargs)
+    """Build section ``cls`` from a mapping, exactly as plug-in settings are built
+    (``schedules.options.build_settings``): unknown keys raise with a suggestion."""
+    return build_settings(cls, values, where, ConfigError)
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
