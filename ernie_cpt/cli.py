@@ -200,6 +200,70 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_finetune(args: argparse.Namespace) -> int:
+    """Fine-tune an exported encoder on one or more tasks (MT-DNN with --multitask)."""
+    from ernie_cpt.experiments.glue import resolve_all
+    from ernie_cpt.experiments.mtdnn import MultitaskConfig, finetune_tasks
+    from ernie_cpt.experiments.report import json_safe
+
+    config = _finetune_config(args)
+    tasks = resolve_all(
+        args.data,
+        task_type=args.task_type,
+        dev_fraction=config.dev_fraction,
+        split_seed=config.split_seed,
+    )
+    mt = MultitaskConfig(
+        multitask=args.multitask,
+        then_single=args.then_single,
+        temperature=args.temperature,
+        ranking_gamma=args.ranking_gamma,
+        shared_task_id=args.shared_task_id,
+    )
+    result = finetune_tasks(
+        args.model_dir,
+        tasks,
+        seeds=args.seeds,
+        config=config,
+        mt=mt,
+        output_dir=args.output_dir,
+        progress=not args.no_progress,
+    )
+    text = json.dumps(json_safe(result), indent=2)
+    if args.out:
+        Path(args.out).write_text(text + "\n", encoding="utf-8")
+    print(text)
+    return 0
+
+
+def _finetune_parser(sub: argparse._SubParsersAction) -> None:
+    finetune = sub.add_parser(
+        "finetune",
+        help="fine-tune an exported model on one or more tasks (MT-DNN with --multitask)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add = finetune.add_argument
+    add("model_dir", help="an export directory (AutoModel-loadable)")
+    add(
+        "--data",
+        action="append",
+        required=True,
+        metavar="[NAME=]WHERE",
+        help="a labelled TSV/JSONL, a folder with train/dev files, a GLUE task folder or "
+        "root, or a hub name (glue/sst2); repeatable, one per task",
+    )
+    add("--output-dir", required=True, help="per-seed results and result.json (resumable)")
+    add("--multitask", action="store_true", help="MT-DNN: one shared encoder, a head per task")
+    add("--then-single", action="store_true", help="then fine-tune each task alone from it")
+    add("--temperature", type=float, default=1.0, help="task sampling ~ batches^(1/T)")
+    add("--ranking-gamma", type=float, default=1.0, help="gamma of the listwise ranking loss")
+    add("--shared-task-id", action="store_true", help="every task uses --task-id")
+    add("--out", default=None, help="also write the result JSON here")
+    add("--no-progress", action="store_true", help="no progress bars on stderr")
+    _finetune_args(finetune)
+    finetune.set_defaults(func=cmd_finetune)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = argparse.ArgumentParser(prog="ernie-cpt", description=__doc__)
@@ -282,6 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--out", default=None, help="also write the result JSON here")
     _finetune_args(evaluate)
     evaluate.set_defaults(func=cmd_evaluate)
+    _finetune_parser(sub)
     return parser
 
 

@@ -33,7 +33,12 @@ from typing import Any
 TEXT_A_FIELDS = ("text", "text_a", "sentence", "sentence1", "question", "#1 String")
 TEXT_B_FIELDS = ("text_b", "sentence2", "#2 String")
 LABEL_FIELDS = ("label", "gold_label", "score", "Quality")
-TASK_TYPES = ("auto", "single", "pair", "regression")
+TASK_TYPES = ("auto", "single", "pair", "regression", "ranking")
+# ranking data (MT-DNN's relevance ranking): rows sharing a query form one candidate list
+RANK_QUERY_FIELD = "query"
+RANK_GROUP_FIELDS = ("group", "qid", "query_id")
+RANK_PASSAGE_FIELDS = ("passage", "document", "text_b", "sentence2", "sentence", "text", "answer")
+RELEVANT_LABELS = ("1", "true", "yes", "relevant", "entailment")
 
 
 @dataclass(frozen=True)
@@ -63,6 +68,8 @@ class LabelledData:
     labels: list[float] | list[int]
     task_type: str
     label_names: list[str] | None = None
+    # ranking only: the candidate list (query) of each row
+    groups: list[str] | None = None
 
     def __len__(self) -> int:
         return len(self.texts_a)
@@ -76,6 +83,7 @@ class LabelledData:
             pick(self.labels),
             self.task_type,
             self.label_names,
+            pick(self.groups) if self.groups is not None else None,
         )
 
 
@@ -141,6 +149,10 @@ def load_labelled(
     rows = [r for r in read_rows(path) if r]
     if not rows:
         raise ValueError(f"{path}: no examples")
+    columns = list(rows[0])
+    ranked = RANK_QUERY_FIELD in columns or any(f in columns for f in RANK_GROUP_FIELDS)
+    if task_type == "ranking" or (task_type == "auto" and ranked and not text_fields):
+        return load_ranking(path, rows, label_field)
     first, second, label = find_fields(list(rows[0]), text_fields, label_field)
     rows = [r for r in rows if (r.get(label) or "").strip() != ""]
     raw_labels = [r[label].strip() for r in rows]
@@ -160,6 +172,41 @@ def load_labelled(
         raise ValueError(f"{path}: labels {unknown} not among the training labels {names}")
     index = {name: i for i, name in enumerate(names)}
     return LabelledData(texts_a, texts_b, [index[x] for x in raw_labels], task_type, names)
+
+
+def load_ranking(
+    path: str | Path, rows: Sequence[Mapping[str, str]], label_field: str | None = None
+) -> LabelledData:
+    """Ranking rows: (query, passage, relevance); a ``group``/``qid`` column or else the query
+    text names each row's candidate list. Relevance: a number > 0 or one of ``RELEVANT_LABELS``."""
+    columns = list(rows[0])
+    group = next((f for f in RANK_GROUP_FIELDS if f in columns), RANK_QUERY_FIELD)
+    if RANK_QUERY_FIELD in columns:
+        first = RANK_QUERY_FIELD
+        second = next((f for f in RANK_PASSAGE_FIELDS if f in columns and f != first), None)
+        if second is None:
+            raise ValueError(f"{path}: ranking rows need a passage field {RANK_PASSAGE_FIELDS}")
+        label = label_field or next((f for f in LABEL_FIELDS if f in columns), "")
+    else:
+        first, second, label = find_fields(columns, None, label_field)
+    if group not in columns or label not in columns:
+        raise ValueError(f"{path}: ranking rows need a {group!r} and a label field")
+    rows = [r for r in rows if (r.get(label) or "").strip() != ""]
+    return LabelledData(
+        [r.get(first) or "" for r in rows],
+        [r.get(second) or "" for r in rows] if second else None,
+        [int(_relevant(r[label])) for r in rows],
+        "ranking",
+        ["0", "1"],
+        [r[group] for r in rows],
+    )
+
+
+def _relevant(label: str) -> bool:
+    try:
+        return float(label) > 0
+    except ValueError:
+        return label.strip().lower() in RELEVANT_LABELS
 
 
 def _label_order(label: str) -> tuple[int, float, str]:
