@@ -22,10 +22,12 @@ import dataclasses
 import math
 import random
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from fractions import Fraction
 
+from schedules.options import OptionsError, Settings, bounded, build_settings, option_names
 from schedules.types import Schedule, Stage
-from schedules.validation import did_you_mean, unknown_name
+from schedules.validation import unknown_name
 
 Sampler = Callable[[Stage, Mapping[str, int], int, int], str]
 
@@ -124,36 +126,59 @@ SAMPLERS: dict[str, Sampler] = {
     "round_robin": round_robin,
 }
 
+
+@dataclass(frozen=True)
+class NoSamplingOptions(Settings):
+    """``remaining_budget`` and ``round_robin`` read no options."""
+
+
+@dataclass(frozen=True)
+class FixedSamplingOptions(Settings):
+    """Options of ``fixed``: a weight > 0 for every task of the stage."""
+
+    weights: Mapping[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TemperatureSamplingOptions(Settings):
+    """Options of ``temperature``; ``sizes`` (examples per task) is filled in by the trainer."""
+
+    temperature: float = bounded(1.0, low=0.0, low_open=True)
+    sizes: Mapping[str, float] | None = None
+
+
+# The settings dataclass of each sampler: its ``sampling_options``.
+SAMPLER_SETTINGS: dict[str, type[Settings]] = {
+    "remaining_budget": NoSamplingOptions,
+    "fixed": FixedSamplingOptions,
+    "temperature": TemperatureSamplingOptions,
+    "round_robin": NoSamplingOptions,
+}
+
 # The sampling_options keys each sampler reads.
 SAMPLING_OPTIONS: dict[str, frozenset[str]] = {
-    "remaining_budget": frozenset(),
-    "fixed": frozenset({"weights"}),
-    "temperature": frozenset({"sizes", "temperature"}),
-    "round_robin": frozenset(),
+    name: frozenset(option_names(cls)) for name, cls in SAMPLER_SETTINGS.items()
 }
 
 
 def check_sampling(stage: Stage) -> None:
     """Raise ValueError for an unknown sampler, unknown options or bad option values.
 
-    Dataset sizes for ``temperature`` are only checked when present (the trainer adds them).
+    Options are built into the sampler's settings dataclass (names, types and ranges
+    checked like the config's); dataset sizes for ``temperature`` are only checked when
+    present (the trainer adds them).
     """
     if stage.sampling not in SAMPLERS:
         error = unknown_name("sampling", stage.sampling, SAMPLERS)
         raise ValueError(f"stage {stage.name!r}: {error}")
-    known = SAMPLING_OPTIONS[stage.sampling]
-    for key in stage.sampling_options:
-        if key not in known:
-            raise ValueError(
-                f"stage {stage.name!r}: unknown sampling_options key {key!r} for sampling "
-                f"{stage.sampling!r}{did_you_mean(key, known)}; known: {sorted(known)}"
-            )
+    try:
+        build_settings(SAMPLER_SETTINGS[stage.sampling], stage.sampling_options, "sampling_options")
+    except OptionsError as error:
+        raise ValueError(f"stage {stage.name!r} (sampling {stage.sampling!r}): {error}") from None
     if stage.sampling == "fixed":
         positive_option(stage, "weights", list(stage.tasks))
-    if stage.sampling == "temperature":
-        if "sizes" in stage.sampling_options:
-            positive_option(stage, "sizes", list(stage.tasks))
-        temperature_weights({"probe": 1.0}, stage.sampling_options.get("temperature", 1.0))
+    if stage.sampling == "temperature" and "sizes" in stage.sampling_options:
+        positive_option(stage, "sizes", list(stage.tasks))
 
 
 def with_dataset_sizes(schedule: Schedule, sizes: Mapping[str, int]) -> Schedule:

@@ -1,21 +1,17 @@
-"""Shared argument checks for schedule builders, with "did you mean" hints."""
+"""Shared argument checks for schedule builders (hints from ``schedules.options``)."""
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Iterable, Sequence
 
+from schedules.options import did_you_mean, unknown_name_message
 
-def did_you_mean(name: str, known: Iterable[str]) -> str:
-    """A ``" (did you mean 'x'?)"`` suffix for the closest known name, or ``""``."""
-    matches = difflib.get_close_matches(str(name), [str(k) for k in known], n=1)
-    return f" (did you mean {matches[0]!r}?)" if matches else ""
+__all__ = ["check_tasks", "did_you_mean", "unknown_name"]
 
 
 def unknown_name(what: str, name: str, known: Iterable[str]) -> ValueError:
     """A ValueError for an unknown ``what`` named ``name``, listing the known ones."""
-    known = sorted(known)
-    return ValueError(f"unknown {what} {name!r}{did_you_mean(name, known)}; known: {known}")
+    return ValueError(unknown_name_message(what, name, known))
 
 
 def check_tasks(

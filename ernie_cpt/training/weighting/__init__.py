@@ -7,13 +7,11 @@ it) and returns a surrogate scalar for ``engine.backward``; see ``base.LossWeigh
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from torch import nn
 
-from ernie_cpt.config import did_you_mean
 from ernie_cpt.training.weighting.base import LossWeighting, WeightingModule, kpi_key, loss_key
 from ernie_cpt.training.weighting.dtp import DynamicTaskPrioritization
 from ernie_cpt.training.weighting.dwa import DynamicWeightAverage
@@ -21,6 +19,7 @@ from ernie_cpt.training.weighting.fixed import FixedWeighting
 from ernie_cpt.training.weighting.gradnorm import GradNorm
 from ernie_cpt.training.weighting.pcgrad import PCGrad
 from ernie_cpt.training.weighting.uncertainty import UncertaintyWeighting
+from schedules import options
 
 WEIGHTINGS: dict[str, type[WeightingModule]] = {
     "fixed": FixedWeighting,
@@ -63,32 +62,26 @@ __all__ = [
 
 def _check_name(name: str) -> type[WeightingModule]:
     if name not in WEIGHTINGS:
-        raise ValueError(
-            f"unknown loss weighting {name!r}{did_you_mean(name, WEIGHTINGS)}; "
-            f"known: {sorted(WEIGHTINGS)}"
-        )
+        raise ValueError(options.unknown_name_message("loss weighting", name, WEIGHTINGS))
     return WEIGHTINGS[name]
 
 
 def option_names(name: str) -> list[str]:
-    """The options a method accepts (its constructor's keyword arguments after ``tasks``)."""
-    parameters = inspect.signature(_check_name(name).__init__).parameters
-    return [p for p in parameters if p not in ("self", "tasks")]
+    """The options a method accepts: the fields of its ``Settings`` dataclass."""
+    return options.option_names(_check_name(name).Settings)
 
 
 def build_weighting(
-    name: str, tasks: Sequence[str], options: Mapping[str, Any] | None = None
+    name: str, tasks: Sequence[str], weighting_options: Mapping[str, Any] | None = None
 ) -> nn.Module:
-    """The method registered as ``name`` for ``tasks`` (every task of the run, stable order)."""
+    """The method registered as ``name`` for ``tasks`` (every task of the run, stable order).
+
+    ``weighting_options`` become the method's ``Settings`` exactly as config sections are
+    built: unknown names (with a hint), wrong types and out-of-range values are errors.
+    """
     cls = _check_name(name)
-    known = option_names(name)
-    for option in options or {}:
-        if option not in known:
-            raise ValueError(
-                f"unknown option {option!r} for loss weighting {name!r}"
-                f"{did_you_mean(option, known)}; options: {known}"
-            )
-    return cls(tasks, **dict(options or {}))
+    where = f"loss weighting {name!r}: weighting_options"
+    return cls(tasks, options.build_settings(cls.Settings, weighting_options, where))
 
 
 def check_zero_stage(name: str, zero_stage: int) -> None:

@@ -10,7 +10,7 @@ on parameters, which ZeRO-3 partitions.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
@@ -59,9 +59,15 @@ class LossWeighting(Protocol):
 class WeightingModule(nn.Module):
     """Plumbing shared by the methods: the task list, input checks, ``combine`` -> forward.
 
+    Each method declares ``Settings``, a frozen dataclass of its options (built from the
+    config by ``schedules.options.build_settings``), and is constructed as
+    ``Method(tasks, settings)``.
+
     ``combine`` goes through ``__call__`` on purpose: ZeRO-3 gathers a module's partitioned
     parameters (uncertainty's log-variances, GradNorm's weights) only in its forward hooks.
     """
+
+    Settings: ClassVar[type]
 
     def __init__(self, tasks: Sequence[str]) -> None:
         super().__init__()

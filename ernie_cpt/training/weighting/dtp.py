@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 from torch import Tensor
 
 from ernie_cpt.training.weighting.base import WeightingModule, kpi_key, weighted_sum
+from schedules import options
 
 KPI_EPSILON = 1e-6  # kappa is clipped to [eps, 1 - eps] so log(kappa) stays finite
 
@@ -27,15 +29,24 @@ def focal_priority(kpi: float, gamma: float) -> float:
     return -((1.0 - kappa) ** gamma) * math.log(kappa)
 
 
+@dataclass(frozen=True)
+class DTPSettings(options.Settings):
+    """Options of ``dtp``: the focal exponent and the KPI moving-average momentum."""
+
+    gamma: float = options.bounded(1.0, low=0.0)
+    momentum: float = options.bounded(0.9, low=0.0, high=1.0, high_open=True)
+
+
 class DynamicTaskPrioritization(WeightingModule):
     """Focal weights from each task's moving-average KPI."""
 
-    def __init__(self, tasks: Sequence[str], gamma: float = 1.0, momentum: float = 0.9) -> None:
+    Settings: ClassVar[type] = DTPSettings
+
+    def __init__(self, tasks: Sequence[str], settings: DTPSettings | None = None) -> None:
         super().__init__(tasks)
-        if gamma < 0 or not 0.0 <= momentum < 1.0:
-            raise ValueError(f"dtp needs gamma >= 0 and 0 <= momentum < 1, got {gamma}, {momentum}")
-        self.gamma = float(gamma)
-        self.momentum = float(momentum)
+        self.settings = settings or DTPSettings()
+        self.gamma = float(self.settings.gamma)
+        self.momentum = float(self.settings.momentum)
         self.kpi: dict[str, float] = {}  # task -> moving-average KPI
 
     def observe(self, metrics: Mapping[str, float], step: int) -> None:

@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 from torch import Tensor
 
 from ernie_cpt.training.weighting.base import WeightingModule, loss_key, weighted_sum
+from schedules import options
 
 
 def dwa_weights(ratios: Sequence[float], temperature: float) -> list[float]:
@@ -30,17 +32,24 @@ def dwa_weights(ratios: Sequence[float], temperature: float) -> list[float]:
     return [len(ratios) * e / sum(exps) for e in exps]
 
 
+@dataclass(frozen=True)
+class DWASettings(options.Settings):
+    """Options of ``dwa``: the softmax temperature and the window length in steps."""
+
+    temperature: float = options.bounded(2.0, low=0.0, low_open=True)
+    window: int = options.bounded(100, low=1)
+
+
 class DynamicWeightAverage(WeightingModule):
     """Weights from the ratio of the last two window-average losses of each task."""
 
-    def __init__(self, tasks: Sequence[str], temperature: float = 2.0, window: int = 100) -> None:
+    Settings: ClassVar[type] = DWASettings
+
+    def __init__(self, tasks: Sequence[str], settings: DWASettings | None = None) -> None:
         super().__init__(tasks)
-        if temperature <= 0 or window < 1:
-            raise ValueError(
-                f"dwa needs temperature > 0 and window >= 1, got {temperature}, {window}"
-            )
-        self.temperature = float(temperature)
-        self.window = int(window)
+        self.settings = settings or DWASettings()
+        self.temperature = float(self.settings.temperature)
+        self.window = int(self.settings.window)
         self.current_window = 0
         self.sums: dict[str, list[float]] = {}  # task -> [loss sum, count] of the open window
         self.history: dict[str, list[float]] = {}  # task -> last two closed window averages

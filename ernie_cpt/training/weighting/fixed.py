@@ -8,18 +8,31 @@ adaptive method is compared against.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import ClassVar
 
 from torch import Tensor
 
 from ernie_cpt.training.weighting.base import WeightingModule, weighted_sum
+from schedules import options
+
+
+@dataclass(frozen=True)
+class FixedSettings(options.Settings):
+    """Options of ``fixed``: task -> weight; tasks not listed get 1.0."""
+
+    weights: Mapping[str, float] | None = None
 
 
 class FixedWeighting(WeightingModule):
     """Constant per-task weights; tasks not listed in ``weights`` get 1.0."""
 
-    def __init__(self, tasks: Sequence[str], weights: Mapping[str, float] | None = None) -> None:
+    Settings: ClassVar[type] = FixedSettings
+
+    def __init__(self, tasks: Sequence[str], settings: FixedSettings | None = None) -> None:
         super().__init__(tasks)
-        weights = dict(weights or {})
+        self.settings = settings or FixedSettings()
+        weights = dict(self.settings.weights or {})
         unknown = sorted(set(weights) - set(self.tasks))
         if unknown:
             raise ValueError(f"fixed weights name unknown tasks {unknown}; tasks: {self.tasks}")

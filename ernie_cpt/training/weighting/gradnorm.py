@@ -17,20 +17,32 @@ optimizer step (impossible for a partitioned parameter under ZeRO-3 outside a ga
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from ernie_cpt.training.weighting.base import WeightingModule, shared_gradients
+from schedules import options
+
+
+@dataclass(frozen=True)
+class GradNormSettings(options.Settings):
+    """Options of ``gradnorm``: alpha, the strength of the pull towards equal training rates."""
+
+    alpha: float = 1.5
 
 
 class GradNorm(WeightingModule):
     """Learnable task weights that equalise the tasks' gradient norms at ``shared``."""
 
-    def __init__(self, tasks: Sequence[str], alpha: float = 1.5) -> None:
+    Settings: ClassVar[type] = GradNormSettings
+
+    def __init__(self, tasks: Sequence[str], settings: GradNormSettings | None = None) -> None:
         super().__init__(tasks)
-        self.alpha = float(alpha)
+        self.settings = settings or GradNormSettings()
+        self.alpha = float(self.settings.alpha)
         self.weight_logits = nn.Parameter(torch.zeros(len(self.tasks)))
         self.initial_losses: dict[str, float] = {}
 

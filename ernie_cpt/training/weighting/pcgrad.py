@@ -12,7 +12,8 @@ The random orders come from a seeded generator whose state is checkpointed.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -22,6 +23,14 @@ from ernie_cpt.training.weighting.base import (
     redirect_shared_gradient,
     shared_gradients,
 )
+from schedules import options
+
+
+@dataclass(frozen=True)
+class PCGradSettings(options.Settings):
+    """Options of ``pcgrad``: the seed of the random projection orders."""
+
+    seed: int = 0
 
 
 def project_conflicting(grads: Tensor, generator: torch.Generator) -> Tensor:
@@ -39,9 +48,12 @@ def project_conflicting(grads: Tensor, generator: torch.Generator) -> Tensor:
 class PCGrad(WeightingModule):
     """Projecting conflicting gradients at the shared encoder output."""
 
-    def __init__(self, tasks: Sequence[str], seed: int = 0) -> None:
+    Settings: ClassVar[type] = PCGradSettings
+
+    def __init__(self, tasks: Sequence[str], settings: PCGradSettings | None = None) -> None:
         super().__init__(tasks)
-        self.generator = torch.Generator().manual_seed(int(seed))
+        self.settings = settings or PCGradSettings()
+        self.generator = torch.Generator().manual_seed(int(self.settings.seed))
 
     def forward(
         self, losses: dict[str, Tensor], shared: Tensor | None, step: int

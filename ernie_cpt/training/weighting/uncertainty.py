@@ -14,11 +14,21 @@ constant): the optimum is s_i = log L_i, so each task's effective weight exp(-s_
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from ernie_cpt.training.weighting.base import WeightingModule
+from schedules import options
+
+
+@dataclass(frozen=True)
+class UncertaintySettings(options.Settings):
+    """Options of ``uncertainty``: the starting log-variance s_i of every task."""
+
+    initial_log_variance: float = 0.0
 
 
 class UncertaintyWeighting(WeightingModule):
@@ -27,10 +37,13 @@ class UncertaintyWeighting(WeightingModule):
     Keep them out of weight decay if you can: decay pulls every s_i towards 0 (weight 1).
     """
 
-    def __init__(self, tasks: Sequence[str], initial_log_variance: float = 0.0) -> None:
+    Settings: ClassVar[type] = UncertaintySettings
+
+    def __init__(self, tasks: Sequence[str], settings: UncertaintySettings | None = None) -> None:
         super().__init__(tasks)
+        self.settings = settings or UncertaintySettings()
         self.log_variance = nn.Parameter(
-            torch.full((len(self.tasks),), float(initial_log_variance))
+            torch.full((len(self.tasks),), float(self.settings.initial_log_variance))
         )
 
     def forward(
