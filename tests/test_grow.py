@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from conftest import cli_env, run_cli
+from helpers import cli_env, run_cli
 from torch import nn
 
 from ernie_cpt.training.add_tasks import fit, read_parameter_states, transfer

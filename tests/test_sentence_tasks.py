@@ -602,3 +602,84 @@ def test_read_user_rows_jsonl_tsv_header_and_errors(tmp_path) -> None:
     short.write_text("only-one-column\n")
     with pytest.raises(ValueError, match="short.tsv:1: expected a, b columns"):
         read_user_rows(short, ("a", "b"))
+
+
+# ---------------------------------------------------------------- sentence distance
+
+
+def sentence_distance_pairs(tokenizer, documents, pool, seeds: range) -> list[tuple]:
+    """(anchor doc, anchor index, second doc, second index, label) of every built example.
+
+    The pair is read back from the token ids: each fixture sentence has distinct ids, and
+    ``pool`` holds only fixture sentences.
+    """
+    from pretrain_tasks.sentence_distance import SentenceDistanceSettings, SentenceDistanceTask
+
+    where = {}
+    for document in documents:
+        for index, sentence in enumerate(document.sentences()):
+            key = tuple(sentence_ids(tokenizer, sentence))
+            assert key not in where, "fixture sentences must tokenize distinctly"
+            where[key] = (document.id, index)
+    task = SentenceDistanceTask(SentenceDistanceSettings(), tokenizer, 128)
+    out = []
+    for seed in seeds:
+        for document in documents:
+            if len(document.sentences()) < 2:
+                continue
+            for example in task.build_examples(document, pool, random.Random(seed)):
+                first, second = split_at_sep(example["input_ids"], tokenizer)
+                out.append(
+                    (
+                        *where[tuple(first)],
+                        *where[tuple(second)],
+                        example["sentence_distance_label"],
+                    )
+                )
+    return out
+
+
+def test_sentence_distance_labels_mean_adjacent_same_document_other_document(
+    tokenizer, documents
+) -> None:
+    pool = pool_of(documents)
+    pairs = sentence_distance_pairs(tokenizer, documents, pool, range(6))
+    assert Counter(label for *_, label in pairs).keys() == {0, 1, 2}
+    for anchor_doc, i, second_doc, j, label in pairs:
+        if label == 0:  # the next sentence of the same document
+            assert (second_doc, j) == (anchor_doc, i + 1)
+        elif label == 1:  # the same document, neither the anchor nor next to it
+            assert second_doc == anchor_doc and abs(j - i) > 1
+        else:  # a sentence of another document
+            assert label == 2 and second_doc != anchor_doc
+
+
+def test_sentence_distance_other_document_never_from_the_anchor_document(tokenizer) -> None:
+    # The pool is 200 sentences of the anchor's document and one of another document: random
+    # draws nearly always hit the anchor's document, so only the exclusion keeps label 2 right.
+    anchor = doc(
+        "anchor",
+        None,
+        (None, [f"Sentence {w} of the anchor." for w in ("one", "two", "three", "four")]),
+    )
+    other = "Machine learning is a field of artificial intelligence."
+    pool = SentencePool([*anchor.sentences()] * 50 + [other], ["anchor"] * 200 + ["other"])
+    from pretrain_tasks.sentence_distance import draw_pairs
+
+    seconds = [
+        (second, label)
+        for seed in range(40)
+        for _, second, label in draw_pairs(
+            anchor.sentences(), "anchor", pool, random.Random(seed), 8
+        )
+    ]
+    assert {s for s, label in seconds if label == 2} == {other}
+    assert Counter(label for _, label in seconds).keys() == {0, 1, 2}
+    # no other document at all: label 2 is never drawn
+    alone = SentencePool(list(anchor.sentences()), ["anchor"] * 4)
+    labels = {
+        label
+        for seed in range(20)
+        for *_, label in draw_pairs(anchor.sentences(), "anchor", alone, random.Random(seed), 8)
+    }
+    assert labels == {0, 1}

@@ -111,7 +111,7 @@ def test_state_dict_round_trip(name):
         assert (
             restored.get_extra_state()
             == method.get_extra_state()
-            != type(method)(TASKS, **OPTIONS[name]).get_extra_state()
+            != build_weighting(name, TASKS, OPTIONS[name]).get_extra_state()
         )
     for (key, value), (_, other) in zip(
         method.state_dict().items(), restored.state_dict().items(), strict=True
@@ -227,7 +227,11 @@ def test_dtp_weights_follow_formula():
     assert weights == pytest.approx(expected)
     assert surrogate.item() == pytest.approx(2.0 * sum(expected.values()))
     assert weights["a"] > weights["b"]  # the task with the lower KPI is prioritised
-    assert math.isfinite(focal_priority(0.0, 2.0)) and focal_priority(1.0, 2.0) >= 0.0
+    # kappa is clipped into [1e-6, 1 - 1e-6]: a solved task (KPI 1) gets priority
+    # (1e-6)^2 * -log(1 - 1e-6) ~ 1e-18, i.e. 0; an unsolved one (KPI 0) gets -log(1e-6)
+    assert focal_priority(1.0, 2.0) == pytest.approx(0.0, abs=1e-15)
+    assert focal_priority(0.0, 2.0) == pytest.approx(6 * math.log(10), rel=1e-5)
+    assert focal_priority(0.5, 0.0) == pytest.approx(math.log(2))  # gamma 0: plain -log
 
 
 # --- GradNorm --------------------------------------------------------------------------------

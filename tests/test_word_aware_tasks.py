@@ -303,6 +303,67 @@ def test_unit_mask_forced_probabilities():
     assert labels.tolist() == [[-100, 10, 11, 12, 13, -100, -100]]
 
 
+def test_unit_mask_random_token_branch_exact():
+    # replace 0, random 1: every chosen unit takes a random id; with a one-word vocabulary
+    # that id is 0, so the random branch is checked exactly
+    input_ids = torch.tensor([[2, 10, 11, 12, 13, 3, 0]])
+    units = torch.tensor([[0, 1, 1, 2, 3, 0, 0]])
+    generator = torch.Generator().manual_seed(0)
+    common = dict(mask_token_id=4, generator=generator, probability=1.0)
+    masked, labels = unit_mask(
+        input_ids, units, vocab_size=1, replace_probability=0.0, random_probability=1.0, **common
+    )
+    assert masked.tolist() == [[2, 0, 0, 0, 0, 3, 0]]
+    assert labels.tolist() == [[-100, 10, 11, 12, 13, -100, -100]]
+    # 50% mask, 50% random, 0% kept: every chosen token is [MASK] (4) or the random id 0
+    rows = input_ids.repeat(64, 1)
+    masked, labels = unit_mask(
+        rows,
+        units.repeat(64, 1),
+        vocab_size=1,
+        replace_probability=0.5,
+        random_probability=0.5,
+        **common,
+    )
+    chosen = masked[:, 1:5]
+    assert set(chosen.unique().tolist()) == {0, 4}
+    assert masked[:, 0].eq(2).all() and masked[:, 5].eq(3).all()
+    # a unit's tokens share the action: tokens 10 and 11 (unit 1) are both 0 or both 4
+    assert chosen[:, 0].equal(chosen[:, 1])
+
+
+def test_mlm_task_random_token_branch(tokenizer, documents, corpus_view):
+    task = MLMTask(
+        MLMSettings(mask_probability=1.0, replace_probability=0.0, random_probability=1.0),
+        tokenizer,
+        MAX_LEN,
+    )
+    columns = columns_of(all_examples(task, documents, corpus_view))
+    batch = task.collate(columns, torch.Generator().manual_seed(0))
+    original = torch.nn.utils.rnn.pad_sequence(
+        [torch.tensor(r) for r in columns["input_ids"]], batch_first=True, padding_value=0
+    )
+    special = torch.isin(original, torch.tensor(tokenizer.all_special_ids))
+    real = batch["attention_mask"].bool() & ~special
+    ids = batch["input_ids"]
+    # no [MASK] but by chance (1 id in ~300), against 100% with replace_probability 1
+    assert (ids[real] == tokenizer.mask_token_id).float().mean().item() < 0.02
+    assert batch["mlm_labels"][real].equal(original[real])  # every real token is labelled
+    assert (batch["mlm_labels"][~real] == IGNORE_INDEX).all()
+    assert ids[~real].equal(original[~real])  # specials and padding untouched
+    assert int(ids.max()) < len(tokenizer) and int(ids.min()) >= 0
+    # uniform over ~300 ids: about 1 token in 300 keeps its own id by chance
+    changed = (ids[real] != original[real]).float().mean().item()
+    assert changed > 0.95, changed
+    kept = MLMTask(
+        MLMSettings(mask_probability=1.0, replace_probability=0.0, random_probability=0.0),
+        tokenizer,
+        MAX_LEN,
+    ).collate(columns, torch.Generator().manual_seed(0))
+    assert kept["input_ids"].equal(original)  # the "kept" 10%: labelled, unchanged
+    assert kept["mlm_labels"][real].equal(original[real])
+
+
 def test_choose_units_by_level():
     words = torch.tensor([[1, 2, 3], [1, 2, 3], [1, 2, 3]])
     phrases = torch.tensor([[1, 1, 2], [1, 1, 2], [1, 1, 2]])
@@ -517,39 +578,8 @@ def build(name, tokenizer, max_len=MAX_LEN):
     return cls(settings_cls(), tokenizer, max_len)
 
 
-@pytest.mark.parametrize("name", list(TASKS))
-def test_task_contract_and_gradient(name, tokenizer, documents, corpus_view, encoder_config):
-    from transformers import ErnieModel
-
-    from ernie_cpt.model import MultiTaskModel
-    from pretrain_tasks.base import PretrainTask
-
-    task = build(name, tokenizer)
-    assert isinstance(task, PretrainTask)
-    assert task.name == name and task.family == "word-aware" and task.level == "token"
-    examples = all_examples(task, documents, corpus_view)
-    assert examples
-    columns = columns_of(examples)
-    assert set(columns) == set(SHARED) | set(task.example_columns())
-    batch = task.collate(columns, torch.Generator().manual_seed(0))
-    torch.manual_seed(0)
-    model = MultiTaskModel(ErnieModel(encoder_config), {name: task.build_head(encoder_config)})
-    encoded = model(
-        batch["input_ids"],
-        batch["attention_mask"],
-        batch["token_type_ids"],
-        torch.zeros_like(batch["input_ids"]),
-    )
-    loss = task.loss(model.heads[name], encoded, batch)
-    assert torch.isfinite(loss.mean()) and loss.sample_size > 0
-    loss.mean().backward()
-    grad = model.encoder.embeddings.word_embeddings.weight.grad
-    assert grad is not None and grad.abs().sum() > 0
-    assert model.heads[name](encoded.pooled_output[:1]).shape[0] == 1  # the idle-head probe
-    stats = {k: float(v) for k, v in loss.stats.items()}
-    metrics = task.metrics(stats)
-    assert 0.0 <= metrics["accuracy"] <= 1.0
-    assert all(v >= 0 for v in task.label_counts(columns).values())
+# The contract (columns, collate, loss, gradient, metrics) of these tasks is checked once,
+# for every registered task, in test_task_contract.py.
 
 
 @pytest.mark.parametrize("name", ["capitalization", "token_document_relation"])
