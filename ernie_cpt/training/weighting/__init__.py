@@ -15,9 +15,11 @@ from torch import nn
 from ernie_cpt.training.weighting.base import LossWeighting, WeightingModule, kpi_key, loss_key
 from ernie_cpt.training.weighting.dtp import DynamicTaskPrioritization
 from ernie_cpt.training.weighting.dwa import DynamicWeightAverage
+from ernie_cpt.training.weighting.famo import FAMO
 from ernie_cpt.training.weighting.fixed import FixedWeighting
 from ernie_cpt.training.weighting.gradnorm import GradNorm
 from ernie_cpt.training.weighting.pcgrad import PCGrad
+from ernie_cpt.training.weighting.rlw import RandomLossWeighting
 from ernie_cpt.training.weighting.uncertainty import UncertaintyWeighting
 from schedules import options
 
@@ -28,6 +30,8 @@ WEIGHTINGS: dict[str, type[WeightingModule]] = {
     "gradnorm": GradNorm,
     "dtp": DynamicTaskPrioritization,
     "pcgrad": PCGrad,
+    "rlw": RandomLossWeighting,
+    "famo": FAMO,
 }
 
 # Methods that cannot run at ZeRO-3, and why. The others work there: they only weight the
