@@ -78,7 +78,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     from ernie_cpt.export import export_run
 
     out = export_run(
-        Path(args.run_dir), Path(args.out), Path(args.checkpoint) if args.checkpoint else None
+        Path(args.run_dir),
+        Path(args.out),
+        Path(args.checkpoint) if args.checkpoint else None,
+        overwrite=args.overwrite,
     )
     print(out)
     return 0
@@ -291,6 +294,11 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("run_dir")
     export.add_argument("out")
     export.add_argument("--checkpoint", default=None, help="a specific checkpoint directory")
+    export.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace OUT when it holds a previous export (anything else is never replaced)",
+    )
     export.set_defaults(func=cmd_export)
 
     tasks = sub.add_parser("tasks", help="list pre-training tasks")

@@ -1,16 +1,41 @@
-"""Export a run to a Hugging Face directory: encoder + tokenizer (loadable with ``AutoModel`` /
-``AutoTokenizer`` offline, safetensors), heads in ``heads.safetensors``, the task-id map in
-``task_ids.json``.
+"""Export a run to a Hugging Face directory the ecosystem can use, offline, safetensors only.
+
+``model.safetensors`` + ``config.json`` form an ``ErnieForMaskedLM`` checkpoint: the encoder
+(pooler included) under ``ernie.*`` and the trained masked-LM head (task ``mlm``, else
+``knowledge_masking``) under ``cls.predictions.*``. ``AutoModel`` loads the encoder,
+``AutoModelForMaskedLM`` and ``pipeline("fill-mask")`` the encoder with the trained head (no
+newly initialised weight), ``AutoTokenizer`` the run's tokenizer. Beside them:
+``heads.safetensors`` holds every task's head (keys ``<task>.<parameter>``; tied decoder
+weights are the word embeddings and are not repeated), ``task_ids.json`` the task-id map, and
+``README.md`` a model card (tasks, schedule, steps, tokens, data, held-out metrics).
+
+Export never deletes what it did not write: it builds a fresh hidden directory beside ``OUT``
+and renames it into place. An existing non-empty ``OUT`` is refused unless ``overwrite``, and
+even then only a previous export (it holds ``task_ids.json``) is replaced.
 """
 
 from __future__ import annotations
 
+import copy
 import json
+import os
 import shutil
+import tempfile
+import uuid
 from pathlib import Path
 from typing import Any
 
+from ernie_cpt.config import ConfigError
 from ernie_cpt.training import checkpoint as ckpt
+
+# The file whose presence marks a directory as an export (replaceable with overwrite).
+EXPORT_MARKER = "task_ids.json"
+# Masked-LM heads exported as the AutoModelForMaskedLM head, in order of preference.
+MASKED_LM_TASKS = ("mlm", "knowledge_masking")
+
+
+class ExportError(ConfigError):
+    """An export that would overwrite or delete something the user did not ask to replace."""
 
 
 def load_run_model(
@@ -58,33 +83,125 @@ def load_run_model(
     return model, tokenizer, saved
 
 
-def export_run(run_dir: Path, out_dir: Path, checkpoint: Path | None = None) -> Path:
-    """Write the export directory (replacing an existing one atomically)."""
+def masked_lm_head(model: Any) -> str | None:
+    """The task whose head becomes ``cls.predictions`` (None: the run trained no masked LM)."""
+    return next((name for name in MASKED_LM_TASKS if name in model.heads), None)
+
+
+def export_state(model: Any, head: str | None) -> dict[str, Any]:
+    """ErnieForMaskedLM's tensors: ``ernie.*`` (pooler kept for AutoModel) + ``cls.predictions.*``.
+
+    The decoder weight and bias are tied in transformers (to the word embeddings and to
+    ``cls.predictions.bias``), so they are not written twice.
+    """
+    state = {f"ernie.{k}": v for k, v in model.encoder.state_dict().items()}
+    if head is not None:
+        mlm = model.heads[head]
+        state.update(
+            {
+                "cls.predictions.transform.dense.weight": mlm.dense.weight,
+                "cls.predictions.transform.dense.bias": mlm.dense.bias,
+                "cls.predictions.transform.LayerNorm.weight": mlm.layer_norm.weight,
+                "cls.predictions.transform.LayerNorm.bias": mlm.layer_norm.bias,
+                "cls.predictions.bias": mlm.decoder.bias,
+            }
+        )
+    return {k: v.detach().contiguous() for k, v in state.items()}
+
+
+def export_config(model: Any, head: str | None) -> Any:
+    """The encoder's config as the export's: its architecture named, no remote-code pointer."""
+    config = copy.deepcopy(model.encoder.config)
+    config.architectures = ["ErnieForMaskedLM" if head else "ErnieModel"]
+    for key in ("auto_map", "_name_or_path"):
+        config.__dict__.pop(key, None)
+    return config
+
+
+def write_export(directory: Path, run_dir: Path, model: Any, tokenizer: Any, saved: dict) -> None:
+    """Every file of the export into ``directory`` (which the caller created, empty)."""
     from safetensors.torch import save_file
 
-    model, tokenizer, saved = load_run_model(Path(run_dir), checkpoint)
-    out_dir = Path(out_dir)
-    tmp = out_dir.with_name(f".tmp-{out_dir.name}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.encoder.save_pretrained(str(tmp), safe_serialization=True)
-    tokenizer.save_pretrained(str(tmp))
+    head = masked_lm_head(model)
+    export_config(model, head).save_pretrained(str(directory))
+    save_file(export_state(model, head), str(directory / "model.safetensors"), {"format": "pt"})
+    tokenizer.save_pretrained(str(directory))
     heads = {
         f"{name}.{key}": tensor.contiguous()
-        for name, head in model.heads.items()
-        for key, tensor in head.state_dict().items()
-        if not (getattr(head, "tie_to_word_embeddings", False) and key == "decoder.weight")
+        for name, module in model.heads.items()
+        for key, tensor in module.state_dict().items()
+        if not (getattr(module, "tie_to_word_embeddings", False) and key == "decoder.weight")
     }
-    save_file(heads, str(tmp / "heads.safetensors"))
+    save_file(heads, str(directory / "heads.safetensors"))
     info = {
         "task_ids": saved["train_state"]["task_ids"],
         "tied_to_word_embeddings": [
             n for n, h in model.heads.items() if getattr(h, "tie_to_word_embeddings", False)
         ],
+        "masked_lm_head": head,
         "step": saved["train_state"]["step"],
         "schedule": saved["schedule"]["name"],
     }
-    (tmp / "task_ids.json").write_text(json.dumps(info, indent=2))
+    (directory / EXPORT_MARKER).write_text(json.dumps(info, indent=2))
+    from ernie_cpt.model_card import model_card
+
+    (directory / "README.md").write_text(model_card(run_dir, saved, info), encoding="utf-8")
+
+
+def check_destination(out_dir: Path, run_dir: Path, overwrite: bool) -> None:
+    """Refuse a destination whose replacement would lose data the user did not ask to replace."""
+    if out_dir.is_symlink():
+        raise ExportError(f"{out_dir}: is a symbolic link; give the export directory itself")
+    if not out_dir.exists():
+        return
+    if not out_dir.is_dir():
+        raise ExportError(f"{out_dir}: exists and is not a directory")
+    if not any(out_dir.iterdir()):
+        return
+    if not overwrite:
+        raise ExportError(
+            f"{out_dir}: not empty; choose a new directory, or pass --overwrite to replace "
+            "a previous export"
+        )
+    if not (out_dir / EXPORT_MARKER).is_file():
+        raise ExportError(
+            f"{out_dir}: not an export (no {EXPORT_MARKER}); --overwrite replaces only a "
+            "previous export, never other files"
+        )
+    if run_dir.resolve().is_relative_to(out_dir.resolve()):
+        raise ExportError(f"{out_dir}: holds the run being exported ({run_dir})")
+
+
+def move_into_place(tmp: Path, out_dir: Path) -> None:
+    """Rename the finished ``tmp`` to ``out_dir``; a replaced export is removed only afterwards."""
+    old = None
     if out_dir.exists():
-        shutil.rmtree(out_dir)
-    tmp.rename(out_dir)
+        if any(out_dir.iterdir()):  # a previous export, checked by check_destination
+            old = out_dir.with_name(f".old-{out_dir.name}-{uuid.uuid4().hex[:8]}")
+            os.rename(out_dir, old)
+        else:
+            out_dir.rmdir()
+    os.rename(tmp, out_dir)
+    if old is not None:
+        shutil.rmtree(old)
+
+
+def export_run(
+    run_dir: Path, out_dir: Path, checkpoint: Path | None = None, *, overwrite: bool = False
+) -> Path:
+    """Write the export directory ``out_dir`` (see the module docstring); returns it."""
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    check_destination(out_dir, run_dir, overwrite)
+    model, tokenizer, saved = load_run_model(run_dir, checkpoint)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    # A name of our own beside OUT (same filesystem: the final rename is atomic); an existing
+    # ".tmp-OUT" someone else made is never touched.
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{out_dir.name}-", dir=out_dir.parent))
+    try:
+        write_export(tmp, run_dir, model, tokenizer, saved)
+        check_destination(out_dir, run_dir, overwrite)  # again: it may have changed meanwhile
+        move_into_place(tmp, out_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
     return out_dir
