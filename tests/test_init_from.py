@@ -257,3 +257,13 @@ def test_first_step_mlm_loss_from_a_trained_checkpoint_is_far_below_ln_vocab(tok
     loss = ours.mean().item()
     assert loss == pytest.approx(theirs, abs=1e-4)
     assert loss < 0.25 * math.log(len(tokenizer)), (loss, math.log(len(tokenizer)))
+
+
+def test_shipped_continue_bert_config_needs_only_the_checkpoint_path(bert_dir):
+    from helpers import REPO
+
+    config = load_config(REPO / "configs" / "continue-bert.yaml", [f"model.init_from={bert_dir}"])
+    assert config.model.init_from == str(bert_dir)
+    assert (config.model.hidden_size, config.model.num_hidden_layers) == (32, 2)
+    assert config.tokenizer.path == str(bert_dir)
+    assert list(config.tasks)[:2] == ["mlm", "knowledge_masking"]

@@ -19,12 +19,18 @@ from typing import Any
 from ernie_cpt.config import TokenizerConfig
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".h5", ".msgpack", ".onnx", ".ckpt")
 
 
 def tokenizer_fingerprint(config: TokenizerConfig, corpus_fingerprint: str) -> str:
     """Identity of the tokenizer a config yields on a corpus."""
     if config.path is not None:
-        files = sorted(p for p in Path(config.path).iterdir() if p.is_file())
+        # Weights beside a tokenizer (an init_from checkpoint directory) are not part of it.
+        files = sorted(
+            p
+            for p in Path(config.path).iterdir()
+            if p.is_file() and p.suffix not in WEIGHT_SUFFIXES
+        )
         digest = hashlib.sha256()
         for f in files:
             digest.update(f.name.encode())
