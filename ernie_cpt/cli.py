@@ -145,6 +145,7 @@ def _finetune_config(args: argparse.Namespace, prefix: str = "") -> object:
 def cmd_compare(args: argparse.Namespace) -> int:
     """Train every schedule x seed (resumable), evaluate, write report.md and summary.json."""
     from ernie_cpt.experiments.compare import DownstreamPlan, RunFailed, compare, parse_schedules
+    from ernie_cpt.experiments.mtdnn import MultitaskConfig
 
     path = args.config_option or args.config
     if path is None:
@@ -157,6 +158,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
             args.downstream_task_type,
             _finetune_config(args, "downstream-"),
             stages=args.downstream_stages,
+            multitask=MultitaskConfig(then_single=args.downstream_then_single)
+            if args.downstream_multitask
+            else None,
         )
     try:
         summary = compare(
@@ -325,8 +329,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--downstream",
         action="append",
         default=[],
-        metavar="FILE",
-        help="labelled TSV/JSONL to fine-tune every final model on (repeatable)",
+        metavar="[NAME=]WHERE",
+        help="downstream data as finetune's --data (labelled file, GLUE folder or root); "
+        "every final model is fine-tuned on it (repeatable)",
+    )
+    compare.add_argument(
+        "--downstream-multitask",
+        action="store_true",
+        help="fine-tune on all downstream tasks at once (MT-DNN) instead of each alone",
+    )
+    compare.add_argument(
+        "--downstream-then-single",
+        action="store_true",
+        help="with --downstream-multitask: then fine-tune each task alone from it",
     )
     _finetune_args(compare, prefix="downstream-")
     compare.add_argument(

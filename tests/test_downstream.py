@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from conftest import cli_env, run_cli
+from scipy import stats
 
 from ernie_cpt.experiments.finetune import (
     FinetuneConfig,
@@ -92,7 +93,10 @@ def test_metrics_exact():
     assert m["macro_f1"] == pytest.approx((0.8 + 2 / 3) / 2)
     assert ranks([3.0, 1.0, 3.0, 2.0]) == [3.5, 1.0, 3.5, 2.0]
     r = regression_metrics([1.0, 2.0, 3.0], [2.0, 4.0, 7.0])
-    assert r["spearman"] == pytest.approx(1.0) and 0.9 < r["pearson"] < 1.0
+    # by hand: deviations (-1, 0, 1) and (-7/3, -1/3, 8/3): r = 5 / sqrt(2 * 114/9)
+    assert r["pearson"] == pytest.approx(15 / math.sqrt(228), rel=1e-12)
+    assert r["pearson"] == pytest.approx(stats.pearsonr([1, 2, 3], [2, 4, 7]).statistic, rel=1e-12)
+    assert r["spearman"] == pytest.approx(1.0) and r["score"] == r["pearson"]
     assert math.isnan(regression_metrics([1.0, 1.0], [0.0, 1.0])["pearson"])
 
 
@@ -119,7 +123,22 @@ def test_evaluate_with_a_dev_file_and_regression(tmp_path, tiny_export):
     )
     assert result["task_type"] == "regression" and result["metric"] == "pearson"
     assert (result["train_size"], result["dev_size"]) == (90, 30)
-    assert all(-1.0 <= s <= 1.0 for s in result["scores"])
+    assert [m["pearson"] for m in result["per_seed"]] == result["scores"]
+    # the same fine-tuning through ernie-cpt finetune's loop gives the same dev correlations
+    from ernie_cpt.experiments.glue import resolve_data
+    from ernie_cpt.experiments.mtdnn import MultitaskConfig, finetune_tasks
+
+    (task,) = resolve_data(str(tmp_path))  # the folder's train.jsonl + dev.jsonl
+    again = finetune_tasks(
+        tiny_export,
+        [task],
+        seeds=2,
+        config=FAST,
+        mt=MultitaskConfig(multitask=False),
+        progress=False,
+    )
+    # (evaluate scores against the float32 label tensor, finetune against the file's labels)
+    assert again["tasks"][task.name]["scores"] == pytest.approx(result["scores"], rel=1e-6)
 
 
 @pytest.mark.slow

@@ -196,3 +196,60 @@ def test_finetune_command_multitask_end_to_end(tmp_path, tiny_export):
     again = run_cli(*args, env=cli_env())  # resumes from the per-seed files
     assert json.loads(again.stdout)["tasks"] == printed["tasks"]
     assert "seed 0 multitask" not in again.stderr
+
+
+# ----------------------------------------------------------------------- compare --downstream
+def test_compare_fine_tunes_each_model_once_on_every_task(tmp_path, tiny_export):
+    import shutil
+
+    from test_glue import write_glue
+
+    from ernie_cpt.experiments.compare import DownstreamPlan, downstream_all, load_downstream
+
+    plan = {
+        "runs": [
+            {"schedule": "cmtl", "seed": 0, "train_seed": 0, "schedule_seed": 0, "total_steps": 4}
+        ]
+    }
+    run_dir = tmp_path / "cmp" / "runs" / "cmtl-seed0"
+    run_dir.mkdir(parents=True)
+    (run_dir / "compare_done.json").write_text(json.dumps({"finished": "2026-12-01T00:00:00"}))
+    shutil.copytree(tiny_export, run_dir / "export")
+    glue = write_glue(tmp_path / "glue", ["RTE"])
+    rows = (glue / "RTE" / "train.tsv").read_text().splitlines()
+    (glue / "RTE" / "train.tsv").write_text("\n".join([rows[0], *rows[1:] * 12]) + "\n")
+    files = (str(sentiment_tsv(tmp_path / "sst.tsv", 20)), str(glue))
+    downstream = DownstreamPlan(files, seeds=1, finetune=FAST, multitask=MultitaskConfig())
+    said: list[str] = []
+    downstream_all(tmp_path / "cmp", plan, downstream, said.append)
+    results = load_downstream(run_dir, downstream)
+    assert set(results) == {"final"} and set(results["final"]) == {"sst", "RTE"}
+    assert (
+        results["final"]["RTE"]["metric"] == "accuracy"
+        and len(results["final"]["sst"]["scores"]) == 1
+    )
+    assert said[0] == "downstream sst, RTE on cmtl-seed0 (final): 1 seeds"
+    downstream_all(tmp_path / "cmp", plan, downstream, said.append)
+    assert len(said) == 2  # cached: nothing fine-tuned again
+    (tmp_path / "sst.tsv").write_text((tmp_path / "sst.tsv").read_text() + "good fine nice\t1\n")
+    assert load_downstream(run_dir, downstream) == {}  # new data content: a new evaluation
+
+
+def test_downstream_r_matrix_table():
+    from ernie_cpt.experiments.report import downstream_r_table
+
+    def spread(mean: float) -> dict:
+        return {"mean": mean, "std": 0.0, "n": 1}
+
+    schedule = {
+        "stage_names": ["mlm", "mlm+sentence_distance"],
+        "downstream": {"sst": {"median": spread(0.75)}, "RTE": {"median": spread(0.5)}},
+        "downstream_stages": {"sst": {"stage1": spread(0.625)}, "RTE": {"stage1": spread(0.25)}},
+    }
+    lines = downstream_r_table({"schedules": {"cmtl": schedule}}, "cmtl")
+    assert lines == [
+        "| after | RTE | sst |",
+        "|---|---|---|",
+        "| 1: mlm | 0.250 | 0.625 |",
+        "| 2: mlm+sentence_distance (final) | 0.500 | 0.750 |",
+    ]

@@ -458,19 +458,41 @@ def collect_run(run_dir: Path, tasks: Sequence[str], metric: str = "accuracy") -
 # -------------------------------------------------------------------------------- entry
 @dataclass(frozen=True)
 class DownstreamPlan:
-    """Downstream evaluation of every final model (and, with ``stages``, of each stage's)."""
+    """Downstream fine-tuning of every final model (and, with ``stages``, of each stage's):
+    ``files`` are ``--data`` values of ``ernie-cpt finetune`` (labelled files, GLUE folders or
+    roots, ``NAME=`` prefixes); ``multitask`` (an ``mtdnn.MultitaskConfig``) fine-tunes them
+    jointly, MT-DNN style; None fine-tunes each task alone."""
 
     files: tuple[str, ...]
     seeds: int = 5
     task_type: str = "auto"
-    finetune: Any = None  # a downstream.FinetuneConfig (None: its defaults)
+    finetune: Any = None  # a finetune.FinetuneConfig (None: its defaults)
     stages: bool = False
+    multitask: Any = None
 
     def finetune_config(self) -> Any:
         """The fine-tuning settings in force."""
         from ernie_cpt.experiments.finetune import FinetuneConfig
 
         return self.finetune or FinetuneConfig()
+
+    def multitask_config(self) -> Any:
+        """MT-DNN settings (``multitask=False``: each task alone)."""
+        from ernie_cpt.experiments.mtdnn import MultitaskConfig
+
+        return self.multitask or MultitaskConfig(multitask=False)
+
+    def tasks(self) -> list[Any]:
+        """The downstream tasks of ``files`` (read once per comparison)."""
+        from ernie_cpt.experiments.glue import resolve_all
+
+        config = self.finetune_config()
+        return resolve_all(
+            self.files,
+            task_type=self.task_type,
+            dev_fraction=config.dev_fraction,
+            split_seed=config.split_seed,
+        )
 
 
 def stage_models(run_dir: Path, echo: Echo) -> dict[str, Path]:
@@ -507,58 +529,82 @@ def downstream_models(run_dir: Path, downstream: DownstreamPlan, echo: Echo) -> 
 def downstream_all(
     out_dir: Path, plan: dict[str, Any], downstream: DownstreamPlan, echo: Echo
 ) -> None:
-    """Evaluate every finished run's model(s) on every downstream file (cached per run)."""
-    from ernie_cpt.experiments.finetune import evaluate_model
+    """Fine-tune every finished run's model(s) on the downstream tasks (cached per run)."""
+    from ernie_cpt.experiments.mtdnn import finetune_tasks
 
+    tasks = downstream.tasks()
+    names = ", ".join(t.name for t in tasks)
     for spec in plan_runs(plan):
         run_dir = out_dir / "runs" / spec.name
         for label, model in downstream_models(run_dir, downstream, echo).items():
-            for data in downstream.files:
-                path = downstream_result_path(run_dir, data, downstream, label)
-                if path.exists():
-                    continue
-                what = f"downstream {Path(data).name} on {spec.name} ({label})"
-                echo(f"{what}: {downstream.seeds} seeds")
-                result = evaluate_model(
-                    model,
-                    data,
-                    task_type=downstream.task_type,
-                    seeds=downstream.seeds,
-                    config=downstream.finetune_config(),
-                )
-                path.parent.mkdir(parents=True, exist_ok=True)
-                ckpt.atomic_write_text(path, json.dumps(result, indent=2))
-                echo(f"{what}: median {result['median']:.4f}")
+            path = downstream_result_path(run_dir, downstream, label)
+            if path.exists():
+                continue
+            what = f"downstream {names} on {spec.name} ({label})"
+            echo(f"{what}: {downstream.seeds} seeds")
+            result = finetune_tasks(
+                model,
+                tasks,
+                seeds=downstream.seeds,
+                config=downstream.finetune_config(),
+                mt=downstream.multitask_config(),
+                progress=False,
+            )
+            path.parent.mkdir(parents=True, exist_ok=True)
+            ckpt.atomic_write_text(path, json.dumps(json_safe_tree(result), indent=2))
+            medians = ", ".join(f"{k} {v['median']:.4f}" for k, v in result["tasks"].items())
+            echo(f"{what}: medians {medians}")
 
 
-def downstream_result_path(
-    run_dir: Path, data: str, downstream: DownstreamPlan, label: str = "final"
-) -> Path:
-    """Cache file of one evaluation, keyed by the data's content, the settings and the time
-    the run finished (a retrained model gets new evaluations)."""
+def json_safe_tree(tree: Any) -> Any:
+    """NaN -> None (strict JSON), as the report writes it."""
+    from ernie_cpt.experiments.report import json_safe
+
+    return json_safe(tree)
+
+
+def data_digest(specs: Sequence[str]) -> str:
+    """Content hash of ``--data`` values: file bytes, every file of a folder, or a hub name."""
+    from ernie_cpt.experiments.glue import parse_spec
+
+    digest = hashlib.sha256()
+    for spec in specs:
+        name, where = parse_spec(spec)
+        digest.update(f"{name}\0{where}\0".encode())
+        path = Path(where)
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        for file in files:
+            if file.exists():
+                digest.update(str(file.relative_to(path) if path.is_dir() else file.name).encode())
+                digest.update(file.read_bytes())
+    return digest.hexdigest()
+
+
+def downstream_result_path(run_dir: Path, downstream: DownstreamPlan, label: str = "final") -> Path:
+    """Cache file of one model's fine-tuning on every task, keyed by the data's content, the
+    settings and the time the run finished (a retrained model gets new evaluations)."""
     from dataclasses import asdict
 
     trained = json.loads((run_dir / DONE_FILE).read_text(encoding="utf-8"))["finished"]
-    digest = hashlib.sha256(Path(data).read_bytes())
     settings = [downstream.seeds, downstream.task_type, asdict(downstream.finetune_config())]
+    settings.append(asdict(downstream.multitask_config()))
+    digest = hashlib.sha256(data_digest(downstream.files).encode())
     digest.update(json.dumps([*settings, trained], sort_keys=True).encode())
-    return run_dir / "downstream" / f"{Path(data).stem}-{label}-{digest.hexdigest()[:12]}.json"
+    return run_dir / "downstream" / f"{label}-{digest.hexdigest()[:12]}.json"
 
 
 def load_downstream(
     run_dir: Path, downstream: DownstreamPlan | None
 ) -> dict[str, dict[str, dict[str, Any]]]:
-    """{label ("final", "stage1", ...): {data file stem: result}} already computed."""
-    if downstream is None:
+    """{label ("final", "stage1", ...): {task name: its medians and seed scores}} computed."""
+    if downstream is None or not downstream.files:
         return {}
     out: dict[str, dict[str, dict[str, Any]]] = {}
     labels = [p.name for p in sorted((run_dir / "stage_exports").glob("stage*"))]
     for label in [*labels, "final"] if downstream.stages else ["final"]:
-        for data in downstream.files:
-            path = downstream_result_path(run_dir, data, downstream, label)
-            if path.exists():
-                result = json.loads(path.read_text(encoding="utf-8"))
-                out.setdefault(label, {})[Path(data).stem] = result
+        path = downstream_result_path(run_dir, downstream, label)
+        if path.exists():
+            out[label] = json.loads(path.read_text(encoding="utf-8"))["tasks"]
     return out
 
 

@@ -230,6 +230,28 @@ def r_matrix_table(summary: Mapping[str, Any], kind: str) -> list[str]:
     return lines
 
 
+def downstream_r_table(summary: Mapping[str, Any], kind: str) -> list[str]:
+    """The downstream R matrix of one schedule: a row per model (each stage-end checkpoint
+    kept, then the final export), a column per downstream task; cells: the mean over
+    pre-training seeds of the per-model median fine-tuning score."""
+    s = summary["schedules"][kind]
+    tasks, stages, names = sorted(s["downstream"]), s.get("downstream_stages", {}), s["stage_names"]
+    if not tasks:
+        return []
+    labels = sorted(
+        {lab for t in tasks for lab in stages.get(t, {})},
+        key=lambda lab: int(lab.removeprefix("stage")),
+    )
+    lines = ["| after | " + " | ".join(tasks) + " |", "|" + "---|" * (len(tasks) + 1)]
+    for lab in labels:
+        k = int(lab.removeprefix("stage"))
+        cells = [fmt(stages[t][lab]) if lab in stages.get(t, {}) else "-" for t in tasks]
+        lines.append(f"| {k}: {names[k - 1]} | " + " | ".join(cells) + " |")
+    cells = [fmt(s["downstream"][t]["median"]) for t in tasks]
+    lines.append(f"| {len(names)}: {names[-1]} (final) | " + " | ".join(cells) + " |")
+    return lines
+
+
 def markdown(summary: Mapping[str, Any], plots: Sequence[str]) -> str:
     """The text of report.md."""
     metric = summary["metric"]
@@ -264,6 +286,10 @@ def markdown(summary: Mapping[str, Any], plots: Sequence[str]) -> str:
     ]
     for kind in summary["schedules"]:
         out += ["", f"### {kind}", "", *r_matrix_table(summary, kind)]
+        downstream = downstream_r_table(summary, kind)
+        if downstream:
+            out += ["", f"Downstream R matrix of {kind} (median fine-tuning score):", ""]
+            out += downstream
     stage_tables = stage_downstream_tables(summary)
     if stage_tables:
         out += ["", "## Downstream at stage ends (mean over seeds of the per-model medians)"]
