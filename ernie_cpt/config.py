@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from schedules.options import OptionsError, build_settings, did_you_mean
+from schedules.options import OptionsError, bounded, build_settings, did_you_mean, probability
 
 
 class ConfigError(OptionsError):
@@ -137,6 +137,43 @@ class TrainConfig:
     threads: int | None = None
 
 
+SHARING_KINDS = ("hard", "soft", "cross_stitch", "mmoe", "cgc", "ple", "task_moe")
+
+
+@dataclass(frozen=True)
+class SharingConfig:
+    """The multi-task architecture over the encoder's top layers (ernie_cpt.model.sharing)."""
+
+    # hard | soft | cross_stitch | mmoe | cgc | ple | task_moe (hard: today's shared encoder)
+    kind: str = "hard"
+    # Encoder layers (from the top) made task-specific; the others stay one shared encoder.
+    top_layers: int = bounded(1, low=1)
+    # mmoe / task_moe: experts in the pool.
+    experts: int = bounded(4, low=1)
+    # cgc / ple: shared experts, and experts owned by each task.
+    shared_experts: int = bounded(1, low=1)
+    task_experts: int = bounded(1, low=1)
+    # task_moe: experts each task routes through per layer.
+    top_k: int = bounded(2, low=1)
+    # soft: lambda of lambda * sum_t ||theta_t - mean theta||^2.
+    penalty: float = bounded(0.01, low=0.0)
+    # cross_stitch: initial weight of a task's own column (the rest split evenly).
+    stitch_self: float = probability(0.9)
+    # Seed of the experts' own initialisation (fresh encoders only).
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.kind not in SHARING_KINDS:
+            raise ValueError(
+                f"sharing.kind must be one of {SHARING_KINDS}, got {self.kind!r}"
+                f"{did_you_mean(self.kind, SHARING_KINDS)}"
+            )
+        if self.top_k > self.experts:
+            raise ValueError(
+                f"sharing.top_k ({self.top_k}) exceeds sharing.experts ({self.experts})"
+            )
+
+
 @dataclass(frozen=True)
 class LoggingConfig:
     """Weights & Biases settings; the API key is never part of the config."""
@@ -159,6 +196,7 @@ SECTIONS: dict[str, type] = {
     "schedule": ScheduleConfig,
     "train": TrainConfig,
     "logging": LoggingConfig,
+    "sharing": SharingConfig,
 }
 
 
@@ -173,6 +211,7 @@ class RunConfig:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    sharing: SharingConfig = field(default_factory=SharingConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """A plain, JSON/YAML-serialisable dict of the whole config."""
@@ -251,6 +290,13 @@ def config_from_dict(tree: Mapping[str, Any]) -> RunConfig:
     if not isinstance(tasks, Mapping) or not tasks:
         raise ConfigError("tasks: expected a non-empty mapping of task name -> options")
     tasks = {str(k): dict(v or {}) for k, v in tasks.items()}
+    if sections["sharing"].kind != "hard" and sections["train"].zero_stage == 3:
+        raise ConfigError(
+            f"sharing.kind {sections['sharing'].kind!r} needs ZeRO stage 0-2: every step touches "
+            "the task-specific modules of tasks absent from it with a zero-weighted sum of their "
+            "parameters, read outside those modules' own forward, where ZeRO-3 holds them "
+            "partitioned; and adding tasks to a resumed run (new gates/columns) refuses ZeRO-3"
+        )
     return RunConfig(tasks=tasks, **sections)
 
 

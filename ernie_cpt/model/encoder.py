@@ -1,5 +1,6 @@
 """The model: one shared ERNIE encoder (transformers' ErnieModel with a task embedding) and
-one small head per task in an ``nn.ModuleDict``.
+one small head per task in an ``nn.ModuleDict``; optionally a multi-task architecture over
+the encoder's top layers (``ernie_cpt.model.sharing``, ``sharing.kind`` other than hard).
 
 Nothing here knows of DeepSpeed, ranks or logging. Heads that declare
 ``tie_to_word_embeddings`` share their decoder weight with the word embeddings.
@@ -8,16 +9,19 @@ Nothing here knows of DeepSpeed, ranks or logging. Heads that declare
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from transformers import ErnieConfig, ErnieModel
+from transformers.masking_utils import create_bidirectional_mask
 
-from ernie_cpt.config import ModelConfig
+from ernie_cpt.config import ModelConfig, SharingConfig
 from ernie_cpt.model.init_from import config_from_checkpoint, load_init_checkpoint
+from ernie_cpt.model.sharing import build_sharing, gate_statistics
+from ernie_cpt.model.sharing.base import SharedEncoding
 from pretrain_tasks.base import Encoded
 
 log = logging.getLogger(__name__)
@@ -44,13 +48,23 @@ def encoder_config(model: ModelConfig, vocab_size: int, pad_token_id: int) -> Er
 
 
 class MultiTaskModel(nn.Module):
-    """Shared encoder + per-task heads; ``forward`` returns the encoder outputs only."""
+    """Shared encoder (+ sharing architecture) + per-task heads; ``forward`` returns the
+    encoder outputs, per task when an architecture routes them."""
 
-    def __init__(self, encoder: ErnieModel, heads: Mapping[str, nn.Module]) -> None:
+    def __init__(
+        self,
+        encoder: ErnieModel,
+        heads: Mapping[str, nn.Module],
+        sharing: nn.Module | None = None,
+    ) -> None:
         super().__init__()
         self.encoder = encoder
         self.heads = nn.ModuleDict(dict(heads))
         self.tie_weights()
+        # None (hard) is a plain attribute: no module, no state_dict keys, today's model.
+        self.sharing = sharing
+        self.last_gates: dict[str, dict[str, Tensor]] = {}
+        self.last_token_mask: Tensor | None = None
 
     def tie_weights(self) -> None:
         """Share the word-embedding matrix with every head that asks for it."""
@@ -60,6 +74,8 @@ class MultiTaskModel(nn.Module):
 
     def add_head(self, name: str, head: nn.Module) -> None:
         """Add a task's head (a task introduced later)."""
+        if self.sharing is not None:
+            raise ValueError("with a sharing architecture, build the model with every task")
         self.heads[name] = head
         self.tie_weights()
 
@@ -69,21 +85,62 @@ class MultiTaskModel(nn.Module):
         attention_mask: Tensor,
         token_type_ids: Tensor,
         task_type_ids: Tensor,
-    ) -> Encoded:
-        """Encode a batch: (B, T) ids -> sequence (B, T, H) and pooled (B, H) outputs."""
+        tasks: Sequence[str] = (),
+    ) -> SharedEncoding:
+        """Encode a batch: (B, T) ids -> sequence (B, T, H) and pooled (B, H) outputs, and
+        with an architecture each of ``tasks``' own outputs (``SharedEncoding.for_task``)."""
         out = self.encoder(
             input_ids=input_ids,
             attention_mask=attention_mask,
             token_type_ids=token_type_ids,
             task_type_ids=task_type_ids,
         )
-        return Encoded(out.last_hidden_state, out.pooler_output)
+        if self.sharing is None:
+            return SharedEncoding(out.last_hidden_state, out.pooler_output, {}, None)
+        shared = out.last_hidden_state  # (B, T, H) after the shared lower layers
+        mask = create_bidirectional_mask(
+            config=self.encoder.config, inputs_embeds=shared, attention_mask=attention_mask
+        )  # the same 4-D mask the encoder's own layers used
+        routed = self.sharing(shared, mask, attention_mask, list(tasks))
+        routes = {t: Encoded(seq, self.encoder.pooler(seq)) for t, seq in routed.outputs.items()}
+        # Every architecture parameter joins the graph (zero weight): ZeRO sees the same
+        # gradient set every step, whichever tasks (and experts) the step used.
+        extra = torch.stack([p.sum() for p in self.sharing.parameters()]).sum() * 0.0
+        if routed.penalty is not None:
+            extra = extra + routed.penalty
+        self.last_gates = {
+            t: {k: g.detach() for k, g in gs.items()} for t, gs in routed.gates.items()
+        }
+        self.last_token_mask = attention_mask.detach()
+        return SharedEncoding(shared, out.pooler_output, routes, extra)
+
+    def sharing_telemetry(self) -> dict[str, Any]:
+        """The architecture's state: gate statistics of the last forward pass per task
+        (mean distribution over experts, mean entropy) and its parameter-level view
+        (cross-stitch matrices, soft-sharing distances, task-MoE routes); {} for hard."""
+        if self.sharing is None:
+            return {}
+        out = dict(self.sharing.telemetry())
+        if self.last_gates and self.last_token_mask is not None:
+            out["gates"] = {
+                task: {site: gate_statistics(g, self.last_token_mask) for site, g in sites.items()}
+                for task, sites in self.last_gates.items()
+            }
+        return out
 
 
 def build_model(
-    model: ModelConfig, tasks: Mapping[str, Any], vocab_size: int, pad_token_id: int
+    model: ModelConfig,
+    tasks: Mapping[str, Any],
+    vocab_size: int,
+    pad_token_id: int,
+    sharing: SharingConfig | None = None,
 ) -> MultiTaskModel:
-    """A fresh model, or one whose encoder and masked-LM heads start from ``model.init_from``."""
+    """A fresh model, or one whose encoder and masked-LM heads start from ``model.init_from``.
+
+    With ``sharing`` other than hard, the architecture is built last, from the (loaded)
+    encoder's top layers, so ``hard`` builds exactly the model it always built.
+    """
     if model.init_from:
         path = Path(model.init_from)
         config = config_from_checkpoint(path, model)
@@ -99,6 +156,9 @@ def build_model(
     result = MultiTaskModel(encoder, heads)
     if model.init_from:  # encoder and masked-LM heads from the checkpoint; logs one line
         load_init_checkpoint(result, Path(model.init_from))
+    if sharing is not None and sharing.kind != "hard":
+        levels = {name: task.level for name, task in tasks.items()}
+        result.sharing = build_sharing(sharing, result.encoder, levels, not model.init_from)
     return result
 
 

@@ -20,7 +20,9 @@ SCOPES = ("last_layer", "encoder")
 
 
 def shared_parameters(model: nn.Module, scope: str) -> list[nn.Parameter]:
-    """The shared encoder parameters telemetry differentiates against."""
+    """The shared encoder parameters telemetry differentiates against (with a sharing
+    architecture, the encoder holds only the shared lower layers: its last one is the
+    last layer every task shares)."""
     if scope == "last_layer":
         return [p for p in model.encoder.encoder.layer[-1].parameters() if p.requires_grad]
     if scope == "encoder":
@@ -39,8 +41,9 @@ def task_gradient(
             batch["attention_mask"],
             batch["token_type_ids"],
             batch["task_type_ids"],
+            [task],
         )
-        loss = module.tasks[task].loss(model.heads[task], encoded, batch).mean()
+        loss = module.tasks[task].loss(model.heads[task], encoded.for_task(task), batch).mean()
         grads = torch.autograd.grad(loss, list(params), allow_unused=True)
     return torch.cat(
         [

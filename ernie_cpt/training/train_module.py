@@ -50,9 +50,10 @@ class TrainModule(nn.Module):
             batch["attention_mask"],
             batch["token_type_ids"],
             batch["task_type_ids"],
+            task_names,
         )
         losses = {
-            name: self.tasks[name].loss(self.model.heads[name], encoded, batch)
+            name: self.tasks[name].loss(self.model.heads[name], encoded.for_task(name), batch)
             for name in task_names
         }
         means = {name: loss.mean() for name, loss in losses.items()}
@@ -66,6 +67,8 @@ class TrainModule(nn.Module):
         if idle:
             probe = encoded.pooled_output[:1]  # (1, H)
             total = total + sum(head(probe).sum() for head in idle) * 0.0
+        if encoded.extra_loss is not None:  # a sharing architecture's penalty (+ zero touch)
+            total = total + encoded.extra_loss
         return total, losses, weights
 
 

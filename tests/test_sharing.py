@@ -1,0 +1,281 @@
+"""Sharing architectures (ernie_cpt.model.sharing): the generic contract every kind passes
+(forward, every task's loss, gradients reaching shared and task-specific parameters, and
+no leak into other tasks' private parameters), gate / mixing / distance telemetry against
+hand computations, ``hard`` = the model without sharing, and configuration checks."""
+
+from __future__ import annotations
+
+import math
+import random
+import re
+
+import pytest
+import torch
+
+import pretrain_tasks
+from ernie_cpt.config import ConfigError, ModelConfig, SharingConfig, config_from_dict
+from ernie_cpt.model import build_model
+from ernie_cpt.model.sharing import KINDS
+from ernie_cpt.model.sharing.base import Stack, gate_statistics, mix
+from ernie_cpt.training.train_module import TrainModule
+from pretrain_tasks.base import SkipDocument, stable_seed
+
+TINY = dict(
+    hidden_size=32,
+    num_hidden_layers=3,
+    num_attention_heads=2,
+    intermediate_size=64,
+    max_position_embeddings=128,
+    hidden_dropout_prob=0.0,
+    attention_probs_dropout_prob=0.0,
+)
+PRESENT = ("mlm", "sentence_distance")  # a token- and a sentence-level task in one batch
+IDLE = "sentence_reordering"  # built, absent from the batch
+NON_HARD = [k for k in KINDS if k != "hard"]
+
+
+@pytest.fixture(scope="module")
+def tasks(tokenizer):
+    return {n: pretrain_tasks.build_task(n, {}, tokenizer, 64) for n in (*PRESENT, IDLE)}
+
+
+@pytest.fixture(scope="module")
+def batch(tasks, documents, corpus_view):
+    """A sentence_distance batch with masked-LM labels attached (one forward, two losses)."""
+    host = tasks["sentence_distance"]
+    examples = []
+    for document in documents:
+        try:
+            examples += host.build_examples(
+                document, corpus_view, random.Random(stable_seed(0, document.id))
+            )
+        except SkipDocument:
+            continue
+    examples = examples[:6]
+    names = ["input_ids", "token_type_ids", "word_starts", *host.example_columns()]
+    columns = {n: [e[n] for e in examples] for n in names}
+    generator = torch.Generator().manual_seed(0)
+    out = host.collate(columns, generator)
+    assert tasks["mlm"].attach(out, columns, generator)
+    out["task_type_ids"] = torch.zeros_like(out["input_ids"])
+    return out
+
+
+def make(tasks, tokenizer, kind, **options):
+    torch.manual_seed(0)
+    return build_model(
+        ModelConfig(**TINY),
+        tasks,
+        len(tokenizer),
+        tokenizer.pad_token_id,
+        SharingConfig(kind=kind, top_layers=2, **options),
+    )
+
+
+def owner(name: str, task_names) -> set[str]:
+    """The tasks a sharing parameter belongs to by name (empty: shared by all)."""
+    parts = set(re.split(r"\.|__", name))
+    return {t for t in task_names if t in parts}
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_contract(kind, tasks, tokenizer, batch):
+    model = make(tasks, tokenizer, kind)
+    module = TrainModule(model, tasks)
+    total, losses, _ = module(batch, list(PRESENT))
+    assert set(losses) == set(PRESENT)
+    assert all(torch.isfinite(loss.mean()) and loss.sample_size > 0 for loss in losses.values())
+    shared = [model.encoder.embeddings.word_embeddings.weight]
+    shared += list(model.encoder.encoder.layer[-1].parameters())
+    assert len(model.encoder.encoder.layer) == (3 if kind == "hard" else 1)
+    specific = dict(model.sharing.named_parameters()) if model.sharing is not None else {}
+    for task in PRESENT:
+        grads = torch.autograd.grad(
+            losses[task].mean(),
+            shared + list(specific.values()),
+            retain_graph=True,
+            allow_unused=True,
+        )
+        assert sum(float(g.abs().sum()) for g in grads[:2] if g is not None) > 0, task
+        by_name = dict(zip(specific, grads[len(shared) :], strict=True))
+        norm = {n: 0.0 if g is None else float(g.abs().sum()) for n, g in by_name.items()}
+        own = [n for n in norm if owner(n, tasks) == {task}]
+        others = [n for n in norm if owner(n, tasks) and task not in owner(n, tasks)]
+        pool = [n for n in norm if not owner(n, tasks)]
+        if kind in ("soft", "cross_stitch", "mmoe", "cgc", "ple", "task_moe"):
+            assert own and sum(norm[n] for n in own) > 0, (task, own)  # its column/gate/route
+        if kind in ("mmoe", "cgc", "ple", "task_moe"):
+            assert sum(norm[n] for n in pool) > 0, task  # the shared experts / attention
+        if kind in ("soft", "mmoe", "cgc", "task_moe"):  # nothing reaches others' parameters
+            assert all(norm[n] == 0.0 for n in others), [n for n in others if norm[n]]
+        if kind in ("cross_stitch", "ple"):  # mixing reaches the other columns by design
+            assert sum(norm[n] for n in others) > 0
+    total.backward()  # every parameter, idle task's included, receives a gradient
+    assert [n for n, p in model.named_parameters() if p.grad is None] == []
+
+
+def test_hard_is_the_model_without_sharing(tasks, tokenizer, batch):
+    torch.manual_seed(0)
+    plain = build_model(ModelConfig(**TINY), tasks, len(tokenizer), tokenizer.pad_token_id)
+    hard = make(tasks, tokenizer, "hard")
+    assert hard.sharing is None and hard.sharing_telemetry() == {}
+    a, b = plain.state_dict(), hard.state_dict()
+    assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)
+    ids = (batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+    out_a = plain(*ids, batch["task_type_ids"])
+    out_b = hard(*ids, batch["task_type_ids"], PRESENT)
+    assert torch.equal(out_a.sequence_output, out_b.for_task("mlm").sequence_output)
+    assert out_b.routes == {} and out_b.extra_loss is None
+
+
+def test_gate_statistics_by_hand():
+    probs = torch.tensor([[[0.5, 0.5], [1.0, 0.0], [0.2, 0.8]]])  # (1, 3, 2)
+    mask = torch.tensor([[1, 1, 0]])
+    stats = gate_statistics(probs, mask)
+    assert stats["mean"] == pytest.approx([0.75, 0.25])
+    assert stats["entropy"] == pytest.approx(math.log(2) / 2)  # (log 2 + 0) / 2 real tokens
+    assert stats["max_entropy"] == pytest.approx(math.log(2))
+
+
+def test_mix_by_hand():
+    a, b = torch.full((1, 2, 3), 2.0), torch.full((1, 2, 3), -1.0)
+    gate = torch.tensor([[[0.25, 0.75], [1.0, 0.0]]])
+    out = mix([a, b], gate)
+    assert torch.equal(out[0, 0], torch.full((3,), 2 * 0.25 - 0.75))
+    assert torch.equal(out[0, 1], torch.full((3,), 2.0))
+
+
+def test_mmoe_gates_token_vs_sentence_and_uniform_statistics(tasks, tokenizer, batch):
+    model = make(tasks, tokenizer, "mmoe", experts=4)
+    ids = (batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+    model(*ids, batch["task_type_ids"], PRESENT)
+    token_gate = model.last_gates["mlm"]["top"]  # (B, T, 4)
+    sentence_gate = model.last_gates["sentence_distance"]["top"]
+    assert torch.equal(sentence_gate, sentence_gate[:, :1].expand_as(sentence_gate))
+    assert not torch.allclose(token_gate, token_gate[:, :1].expand_as(token_gate))
+    with torch.no_grad():
+        for gate in model.sharing.gates.values():
+            gate.linear.weight.zero_()
+    out = model(*ids, batch["task_type_ids"], PRESENT)
+    stats = model.sharing_telemetry()["gates"]
+    for task in PRESENT:
+        assert stats[task]["top"]["mean"] == pytest.approx([0.25] * 4)
+        assert stats[task]["top"]["entropy"] == pytest.approx(math.log(4), rel=1e-6)
+    # Uniform gates: each task's output is the plain mean of the experts.
+    shared = model.encoder(
+        *ids[:1], attention_mask=ids[1], token_type_ids=ids[2], task_type_ids=batch["task_type_ids"]
+    ).last_hidden_state
+    from transformers.masking_utils import create_bidirectional_mask
+
+    mask = create_bidirectional_mask(
+        config=model.encoder.config, inputs_embeds=shared, attention_mask=ids[1]
+    )
+    mean = torch.stack([e(shared, mask) for e in model.sharing.experts]).mean(0)
+    torch.testing.assert_close(out.for_task("mlm").sequence_output, mean)
+
+
+def test_cross_stitch_matrices_and_identity_mixing(tasks, tokenizer, batch):
+    model = make(tasks, tokenizer, "cross_stitch", stitch_self=0.7)
+    stitch = model.sharing_telemetry()["stitch"]
+    assert set(stitch) == {"layer0", "layer1"}
+    for t in tasks:
+        for s in tasks:
+            assert stitch["layer0"][t][s] == pytest.approx(0.7 if t == s else 0.15)
+    with torch.no_grad():
+        for alpha in model.sharing.alpha:
+            for key, value in alpha.items():
+                t, s = key.split("__")
+                value.fill_(1.0 if t == s else 0.0)
+    ids = (batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+    out = model(*ids, batch["task_type_ids"], PRESENT)
+    shared = out.sequence_output
+    from transformers.masking_utils import create_bidirectional_mask
+
+    mask = create_bidirectional_mask(
+        config=model.encoder.config, inputs_embeds=shared, attention_mask=ids[1]
+    )
+    for task in PRESENT:  # identity stitches: a task's own column only
+        torch.testing.assert_close(
+            out.for_task(task).sequence_output, model.sharing.columns[task](shared, mask)
+        )
+
+
+def test_soft_sharing_distance_and_penalty(tasks, tokenizer, batch):
+    model = make(tasks, tokenizer, "soft", penalty=0.5)
+    assert model.sharing_telemetry()["distance"] == pytest.approx(
+        dict.fromkeys(tasks, 0.0), abs=1e-6
+    )
+    weight = model.sharing.columns["mlm"].layer[0].output.dense.weight
+    with torch.no_grad():
+        weight += 0.3  # column mlm moves by c = 0.3 on m entries; the mean moves by c / 3
+    m, c, n = weight.numel(), 0.3, len(tasks)
+    distance = model.sharing_telemetry()["distance"]
+    assert distance["mlm"] == pytest.approx(c * (1 - 1 / n) * math.sqrt(m), rel=1e-4)
+    assert distance[IDLE] == pytest.approx(c / n * math.sqrt(m), rel=1e-4)
+    ids = (batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+    out = model(*ids, batch["task_type_ids"], PRESENT)
+    expected = 0.5 * m * c**2 * ((1 - 1 / n) ** 2 + (n - 1) / n**2)
+    assert float(out.extra_loss) == pytest.approx(expected, rel=1e-4)
+
+
+def test_task_moe_routes_by_task_top_k(tasks, tokenizer, batch):
+    model = make(tasks, tokenizer, "task_moe", experts=3, top_k=2)
+    with torch.no_grad():
+        model.sharing.routes["mlm"].copy_(torch.tensor([[0.0, 2.0, 1.0], [3.0, 0.0, 1.0]]))
+    ids = (batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+    out = model(*ids, batch["task_type_ids"], ["mlm"])
+    assert model.sharing_telemetry()["routes"]["mlm"] == {"layer0": [1, 2], "layer1": [0, 2]}
+    w0 = [math.exp(2) / (math.exp(2) + math.e), math.e / (math.exp(2) + math.e)]
+    gates = model.sharing_telemetry()["gates"]["mlm"]
+    assert gates["layer0"]["mean"] == pytest.approx([0.0, *w0], rel=1e-6)
+    shared = out.sequence_output
+    from transformers.masking_utils import create_bidirectional_mask
+
+    mask = create_bidirectional_mask(
+        config=model.encoder.config, inputs_embeds=shared, attention_mask=ids[1]
+    )
+    x = shared
+    for depth, (first, second) in enumerate(((1, 2), (0, 2))):
+        a, _ = model.sharing.attention[depth](x, mask)
+        logits = model.sharing.routes["mlm"][depth]
+        w = torch.softmax(torch.stack([logits[first], logits[second]]), 0)
+        experts = model.sharing.experts[depth]
+        x = w[0] * experts[first](a) + w[1] * experts[second](a)
+    torch.testing.assert_close(out.for_task("mlm").sequence_output, x)
+
+
+def test_stack_is_the_encoders_own_layers(tasks, tokenizer, batch):
+    torch.manual_seed(0)
+    plain = build_model(ModelConfig(**TINY), tasks, len(tokenizer), tokenizer.pad_token_id)
+    ids = (batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+    plain.train(False)
+    full = plain(*ids, batch["task_type_ids"]).sequence_output
+    stack = Stack(list(plain.encoder.encoder.layer[1:]))
+    plain.encoder.encoder.layer = plain.encoder.encoder.layer[:1]
+    low = plain(*ids, batch["task_type_ids"]).sequence_output
+    from transformers.masking_utils import create_bidirectional_mask
+
+    mask = create_bidirectional_mask(
+        config=plain.encoder.config, inputs_embeds=low, attention_mask=ids[1]
+    )
+    torch.testing.assert_close(stack(low, mask), full)
+
+
+def test_config_checks(tasks, tokenizer):
+    with pytest.raises(ConfigError, match="needs ZeRO stage 0-2"):
+        config_from_dict({"sharing": {"kind": "mmoe"}, "train": {"zero_stage": 3}})
+    assert config_from_dict({"sharing": {"kind": "hard"}, "train": {"zero_stage": 3}})
+    with pytest.raises(ConfigError, match='did you mean "cgc"'):
+        config_from_dict({"sharing": {"kind": "cgd"}})
+    with pytest.raises(ConfigError, match="top_k"):
+        config_from_dict({"sharing": {"kind": "task_moe", "experts": 2, "top_k": 3}})
+    with pytest.raises(ConfigError, match=r"top_layers must lie in \[1, inf\)"):
+        config_from_dict({"sharing": {"top_layers": 0}})
+    with pytest.raises(ValueError, match=r"top_layers must be in \[1, 2\]"):
+        build_model(
+            ModelConfig(**TINY),
+            tasks,
+            len(tokenizer),
+            tokenizer.pad_token_id,
+            SharingConfig(kind="mmoe", top_layers=3),
+        )
