@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -73,3 +75,50 @@ def test_stale_extension_build_locks_are_found(tmp_path, monkeypatch):
         tmp_path / "deepspeed_shm_comm" / "lock",
         tmp_path / "py311_cpu" / "fused_adam" / "lock",
     ]
+
+
+def learning_rates(distributed, train: TrainConfig, total_steps: int) -> list[float]:
+    """The learning rate of each of ``total_steps`` optimizer steps, as the trainer reads it
+    (``engine.get_lr()`` before the step), from a real DeepSpeed engine on CPU."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(2, 1)
+    config = deepspeed_config(train, total_steps)
+    config["optimizer"]["params"]["torch_adam"] = True
+    engine, *_ = distributed.initialize(
+        model=model, model_parameters=model.parameters(), config=config
+    )
+    rates = []
+    for _ in range(total_steps):
+        rates.append(engine.get_lr()[0])
+        for _ in range(train.gradient_accumulation_steps):
+            engine.backward(engine(torch.ones(train.micro_batch_size, 2)).sum())
+            engine.step()
+    return rates
+
+
+def test_linear_warmup_and_decay_exact_values(distributed):
+    # lr 1e-3, 2 warm-up steps, 10 steps. DeepSpeed's scheduler starts at iteration -1 and
+    # steps after each update: step s (1-based) runs at iteration i = s - 2, where
+    # lr(i) = 0 for i < 0, lr * i / warmup in the warm-up, lr * (T - i) / (T - warmup) after.
+    train = TrainConfig(micro_batch_size=2, lr=1e-3, warmup_steps=2, lr_decay="linear")
+    expected = [0.0, 0.0, 0.5e-3] + [1e-3 * (10 - i) / 8 for i in range(2, 9)]
+    assert learning_rates(distributed, train, 10) == pytest.approx(expected, abs=1e-12)
+    # with gradient accumulation the schedule advances once per update, not per micro-batch
+    accumulated = TrainConfig(
+        micro_batch_size=2, gradient_accumulation_steps=3, lr=1e-3, warmup_steps=2
+    )
+    assert learning_rates(distributed, accumulated, 10) == pytest.approx(expected, abs=1e-12)
+
+
+def test_constant_and_cosine_schedules(distributed):
+    constant = TrainConfig(micro_batch_size=2, lr=1e-3, warmup_steps=2, lr_decay="constant")
+    assert learning_rates(distributed, constant, 6) == pytest.approx(
+        [0.0, 0.0, 0.5e-3, 1e-3, 1e-3, 1e-3], abs=1e-12
+    )
+    # cosine (DeepSpeed's WarmupCosineLR, logarithmic warm-up): the peak lr at step 3,
+    # then min + (lr - min) (1 + cos(pi k / 10)) / 2 for k = 0..9 over the 12 steps
+    cosine = TrainConfig(
+        micro_batch_size=2, lr=1e-3, min_lr=1e-4, warmup_steps=2, lr_decay="cosine"
+    )
+    expected = [0.0, 0.0] + [1e-4 + 9e-4 * (1 + math.cos(math.pi * k / 10)) / 2 for k in range(10)]
+    assert learning_rates(distributed, cosine, 12) == pytest.approx(expected, abs=1e-12)
