@@ -279,3 +279,24 @@ def test_config_checks(tasks, tokenizer):
             tokenizer.pad_token_id,
             SharingConfig(kind="mmoe", top_layers=3),
         )
+
+
+def test_export_round_trip_gives_the_tasks_route(tasks, tokenizer, batch, tmp_path):
+    from ernie_cpt.model.sharing.export import load_task_route, save_sharing
+
+    settings = SharingConfig(kind="cgc", top_layers=2)
+    model = make(tasks, tokenizer, "cgc")
+    assert save_sharing(make(tasks, tokenizer, "hard"), SharingConfig(), tmp_path) == []
+    model.encoder.save_pretrained(str(tmp_path))  # the shared encoder, as AutoModel loads it
+    assert save_sharing(model, settings, tmp_path) == ["sharing.safetensors", "sharing.json"]
+    route = load_task_route(tmp_path, "sentence_distance")
+    assert route.encoder.config.num_hidden_layers == 1
+    model.train(False)
+    ids = (batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+    expected = model(*ids, batch["task_type_ids"], ["sentence_distance"])
+    got = route(*ids, batch["task_type_ids"])
+    torch.testing.assert_close(
+        got.pooled_output, expected.for_task("sentence_distance").pooled_output
+    )
+    with pytest.raises(ValueError, match="has no route"):
+        load_task_route(tmp_path, "ir_relevance")

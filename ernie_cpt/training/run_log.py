@@ -71,9 +71,29 @@ def flat_metrics(row: Mapping[str, Any]) -> dict[str, Any]:
         out[f"weights/{task}"] = weight
     for task, norm in row.get("grad", {}).get("norms", {}).items():
         out[f"grad/{task}/norm"] = norm
+    out.update(sharing_metrics(row.get("sharing", {})))
     out["throughput/tokens_per_s"] = row["tokens_per_s"]
     out["throughput/tokens"] = row["tokens"]
     out["schedule/task_id"] = row.get("task_id")
+    return out
+
+
+def sharing_metrics(sharing: Mapping[str, Any]) -> dict[str, float]:
+    """A row's ``sharing`` telemetry (``MultiTaskModel.sharing_telemetry``) as W&B scalars:
+    ``sharing/gate/<task>/<site>/e<i>`` (mean gate share of expert i) and ``.../entropy``,
+    ``sharing/stitch/<layer>/<target>/<source>``, ``sharing/distance/<task>``."""
+    out: dict[str, float] = {}
+    for task, sites in sharing.get("gates", {}).items():
+        for site, stats in sites.items():
+            for i, share in enumerate(stats["mean"]):
+                out[f"sharing/gate/{task}/{site}/e{i}"] = share
+            out[f"sharing/gate/{task}/{site}/entropy"] = stats["entropy"]
+    for layer, matrix in sharing.get("stitch", {}).items():
+        for target, row in matrix.items():
+            for source, value in row.items():
+                out[f"sharing/stitch/{layer}/{target}/{source}"] = value
+    for task, distance in sharing.get("distance", {}).items():
+        out[f"sharing/distance/{task}"] = distance
     return out
 
 
@@ -121,6 +141,7 @@ class WandbRun:
         )
         self.run.define_metric("train/*", step_metric="trainer/step")
         self.run.define_metric("eval/*", step_metric="trainer/step")
+        self.run.define_metric("sharing/*", step_metric="trainer/step")
 
     def log(self, values: Mapping[str, Any], step: int) -> None:
         """Log values at an optimizer step."""
