@@ -226,6 +226,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         temperature=args.temperature,
         ranking_gamma=args.ranking_gamma,
         shared_task_id=args.shared_task_id,
+        device=args.device,
     )
     result = finetune_tasks(
         args.model_dir,
@@ -267,6 +268,7 @@ def _finetune_parser(sub: argparse._SubParsersAction) -> None:
     add("--shared-task-id", action="store_true", help="every task uses --task-id")
     add("--out", default=None, help="also write the result JSON here")
     add("--no-progress", action="store_true", help="no progress bars on stderr")
+    add("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:1 ...")
     _finetune_args(finetune)
     finetune.set_defaults(func=cmd_finetune)
 

@@ -134,7 +134,7 @@ def test_evaluate_with_a_dev_file_and_regression(tmp_path, tiny_export):
         [task],
         seeds=2,
         config=FAST,
-        mt=MultitaskConfig(multitask=False),
+        mt=MultitaskConfig(multitask=False, device="cpu"),
         progress=False,
     )
     # (evaluate scores against the float32 label tensor, finetune against the file's labels)

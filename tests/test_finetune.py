@@ -134,7 +134,7 @@ def test_single_task_finetune_reproduces_evaluate(tmp_path, tiny_export):
         [task],
         seeds=2,
         config=FAST,
-        mt=MultitaskConfig(multitask=False),
+        mt=MultitaskConfig(multitask=False, device="cpu"),
         progress=False,
     )
     got = result["tasks"][task.name]["per_seed"][1]

@@ -48,6 +48,7 @@ class MultitaskConfig:
     temperature: float = 1.0  # task share of an epoch's batches ~ batches^(1/T)
     ranking_gamma: float = 1.0  # γ of the listwise softmax
     shared_task_id: bool = False  # every task uses FinetuneConfig.task_id
+    device: str = "auto"  # "auto": cuda when available, else cpu
 
 
 # ---------------------------------------------------------------------- losses and batching
@@ -213,12 +214,18 @@ def prepare(
     )
 
 
-def _batch(tensors: Mapping[str, Any], rows: Sequence[int], task_id: int) -> dict[str, Any]:
+def _batch(
+    tensors: Mapping[str, Any], rows: Sequence[int], task_id: int, device: Any = None
+) -> dict[str, Any]:
     import torch
 
-    batch = {k: v[list(rows)] for k, v in tensors.items()}
+    batch = {k: v[list(rows)].to(device) for k, v in tensors.items()}
     batch["task_type_ids"] = torch.full_like(batch["input_ids"], task_id)
     return batch
+
+
+def _device(model: Any) -> Any:
+    return next(model.parameters()).device
 
 
 def train_model(
@@ -253,7 +260,7 @@ def train_model(
     model.train()
     bar = tqdm(plan, desc=desc, file=sys.stderr, disable=not progress, mininterval=1.0, leave=False)
     for task, rows in bar:
-        batch = _batch(data.train[task], rows, data.ids[task])
+        batch = _batch(data.train[task], rows, data.ids[task], _device(model))
         loss = step_loss(model, batch, task, tasks[task].train.task_type, mt.ranking_gamma)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -274,7 +281,7 @@ def score_task(model: Any, task: DownstreamTask, data: Prepared, index: int) -> 
             predictions: list[float] = []
             for start in range(0, len(tensors["labels"]), 64):
                 rows = range(start, min(start + 64, len(tensors["labels"])))
-                out = model(_batch(tensors, rows, data.ids[index]), index)  # (B, C)
+                out = model(_batch(tensors, rows, data.ids[index], _device(model)), index)  # (B, C)
                 kind = task.train.task_type
                 predictions += (
                     out[:, 0].tolist()
@@ -311,7 +318,11 @@ def run_seed(
 
     def fresh() -> Any:
         torch.manual_seed(seed)
-        return build_multitask_model(model_dir, outputs, config.dropout)
+        # a GPU when there is one (the CPU path is the one evaluate's numbers match)
+        device = (
+            mt.device if mt.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu"
+        )
+        return build_multitask_model(model_dir, outputs, config.dropout).to(device)
 
     if not mt.multitask:
         single = {}
