@@ -117,11 +117,22 @@ def _finetune_args(parser: argparse.ArgumentParser, prefix: str = "") -> None:
     d = FinetuneConfig()
     add = parser.add_argument
     add(f"--{prefix}seeds", type=int, default=5, help="fine-tuning seeds (median reported)")
-    add(f"--{prefix}task-type", choices=TASK_TYPES, default="auto")
-    add(f"--{prefix}epochs", type=int, default=d.epochs)
-    add(f"--{prefix}lr", type=float, default=d.lr)
-    add(f"--{prefix}batch-size", type=int, default=d.batch_size)
-    add(f"--{prefix}max-length", type=int, default=d.max_length)
+    add(
+        f"--{prefix}task-type",
+        choices=TASK_TYPES,
+        default="auto",
+        help="auto: regression for non-integer labels, pair with a second text, ranking with a "
+        "query column",
+    )
+    add(f"--{prefix}epochs", type=int, default=d.epochs, help="passes over each task's data")
+    add(f"--{prefix}lr", type=float, default=d.lr, help="peak AdamW learning rate")
+    add(f"--{prefix}batch-size", type=int, default=d.batch_size, help="examples per batch")
+    add(
+        f"--{prefix}max-length",
+        type=int,
+        default=d.max_length,
+        help="tokens per example (truncated)",
+    )
     add(f"--{prefix}dev-fraction", type=float, default=d.dev_fraction, help="held out as dev")
     add(f"--{prefix}task-id", type=int, default=d.task_id, help="task embedding id of inputs")
     add(f"--{prefix}threads", type=int, default=None, help="torch CPU threads")

@@ -426,6 +426,8 @@ def evaluate_model(
     if not (model_dir / "config.json").exists():
         raise FileNotFoundError(f"{model_dir}: not an exported model (no config.json)")
     data = load_labelled(data_path, task_type, text_fields, label_field)
+    if data.task_type == "ranking":
+        raise ValueError(f"{data_path}: ranking data (a query column): use ernie-cpt finetune")
     if dev_path is not None:
         dev = load_labelled(dev_path, data.task_type, text_fields, label_field, data.label_names)
         train = data
