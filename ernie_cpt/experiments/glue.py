@@ -293,9 +293,9 @@ def resolve_data(
     name, where = parse_spec(spec)
     path = Path(where)
     if not path.exists():
-        if "/" in where and not where.startswith((".", "/")):
+        if where.startswith("glue/"):
             return [load_hub(where, name)]
-        raise FileNotFoundError(f"{where}: no such file or folder")
+        raise FileNotFoundError(f"{where}: no such file or folder (hub names: glue/<task>)")
     if path.is_dir():
         task = glue_name(name or "") or glue_name(path.name)
         if task is not None:
