@@ -23,12 +23,14 @@ import os
 import random
 import re
 import shutil
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from ernie_cpt.training.faults import fault_point
 
 log = logging.getLogger(__name__)
 
@@ -186,3 +188,56 @@ def clean_partial(root: Path) -> None:
         for stale in root.glob(".tmp-step-*"):
             log.warning("removing partial checkpoint %s", stale)
             shutil.rmtree(stale, ignore_errors=True)
+
+
+def save(
+    engine: Any,
+    root: Path,
+    step: int,
+    rank: int,
+    state: dict[str, Any],
+    keep: int,
+    protected: Sequence[int] = (),
+) -> None:
+    """A checkpoint after ``step`` steps (collective: every rank calls it).
+
+    ``state`` is the trainer state written as ``trainer_state.json`` (by rank 0).
+    """
+    import torch.distributed as dist
+
+    tmp = root / f".tmp-{tag_for(step)}"
+    engine.save_checkpoint(str(root), tag=tmp.name, save_latest=False)
+    save_rng(tmp, rank)
+    fault_point("in_save", step)
+    weights = consolidated_state_dict(engine)
+    dist.barrier()
+    if rank == 0:
+        save_weights(weights, tmp / WEIGHTS)
+        finalize(tmp, root, step, state, keep, protected)
+    dist.barrier()
+
+
+def consolidated_state_dict(engine: Any) -> dict[str, torch.Tensor] | None:
+    """Full model weights on rank 0 (gathered from all ranks under ZeRO-3)."""
+    if engine.zero_optimization_stage() == 3:
+        return engine._zero3_consolidated_16bit_state_dict()
+    return engine.module.state_dict()
+
+
+def save_weights(state: Mapping[str, torch.Tensor] | None, path: Path) -> None:
+    """Save weights as safetensors, storing tied (shared) tensors once.
+
+    Non-tensor entries (loss weightings' ``_extra_state`` history) are left to the engine
+    checkpoint; this file is for export and inspection.
+    """
+    from safetensors.torch import save_file
+
+    unique, seen = {}, set()
+    for key, tensor in (state or {}).items():
+        if not isinstance(tensor, torch.Tensor):
+            continue
+        if tensor.data_ptr() in seen and tensor.numel() > 0:
+            continue
+        seen.add(tensor.data_ptr())
+        unique[key] = tensor.detach().to("cpu", torch.float32).contiguous()
+    save_file(unique, str(path))
