@@ -1,8 +1,11 @@
 """The contract every pre-training task implements, and the helpers tasks share.
 
 A task is a data builder plus a head and a loss (fairseq's task + criterion in one small
-class). Pure, seeded helpers come first; the Protocol last. Tasks know nothing of
-schedules, ranks or DeepSpeed.
+class). Pure, seeded helpers come first; the Protocol (``PretrainTask``) last. Tasks know
+nothing of schedules, ranks or DeepSpeed, and no task module imports another: what several
+tasks share lives in ``packing`` (segments and shared columns), ``spans`` (words and
+character spans), ``masking`` (input masking and the masked-LM head) and here.
+``pretrain_tasks.contract.check_task`` checks a task against this contract.
 
 Example columns shared by all tasks: ``input_ids``, ``token_type_ids`` and ``word_starts``
 (1 on the first sub-token of each word, 0 elsewhere and on special tokens), so token-level
@@ -18,16 +21,25 @@ import json
 import random
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, NamedTuple, Protocol, runtime_checkable
+from typing import Any, ClassVar, Literal, NamedTuple, Protocol, get_args, runtime_checkable
 
 import torch
 from torch import Tensor, nn
 
+from pretrain_tasks.document import Document
+from schedules.options import build_settings
+
 IGNORE_INDEX = -100
-FAMILIES = ("baseline", "word-aware", "structure-aware", "semantic-aware")
-LEVELS = ("token", "sentence")
+Family = Literal["baseline", "word-aware", "structure-aware", "semantic-aware"]
+Level = Literal["token", "sentence"]
+# The type of a task-specific example column: an int, an int per token (same length as
+# ``input_ids``), a float, or a string.
+ColumnKind = Literal["int", "int_list", "float", "str"]
+FAMILIES: tuple[str, ...] = get_args(Family)
+LEVELS: tuple[str, ...] = get_args(Level)
+COLUMN_KINDS: tuple[str, ...] = get_args(ColumnKind)
 
 
 class SkipDocument(Exception):
@@ -81,16 +93,9 @@ def stable_seed(*parts: object) -> int:
 
 
 def settings_from_options(settings_cls: type, options: Mapping[str, Any], task: str) -> Any:
-    """Build a task's Settings dataclass; unknown option names are errors with a hint."""
-    from difflib import get_close_matches
-
-    names = {f.name for f in fields(settings_cls)}
-    for key in options:
-        if key not in names:
-            close = get_close_matches(key, names, n=1)
-            hint = f' (did you mean "{close[0]}"?)' if close else ""
-            raise ValueError(f"unknown option tasks.{task}.{key}{hint}; known: {sorted(names)}")
-    return settings_cls(**options)
+    """Build a task's Settings dataclass as config sections are built: unknown option names
+    (with a hint), wrong types and out-of-range values are errors naming ``tasks.<task>``."""
+    return build_settings(settings_cls, options, f"tasks.{task}")
 
 
 def row_split(salt: str, row: int, heldout_fraction: float) -> str:
@@ -178,78 +183,6 @@ class UserRows:
         return {**self.__dict__, "_cache": None}
 
 
-# ---------------------------------------------------------------- encoding (prepare time)
-
-
-def word_starts_from(word_ids: Sequence[int | None]) -> list[int]:
-    """1 where a token starts a new word, 0 on continuation and special tokens."""
-    out, previous = [], None
-    for word in word_ids:
-        out.append(int(word is not None and word != previous))
-        previous = word
-    return out
-
-
-def encode_pair(
-    tokenizer: Any, first: str, second: str | None, max_length: int
-) -> dict[str, list[int]]:
-    """Tokenize one segment or a pair with [CLS]/[SEP], truncating the longest first."""
-    enc = tokenizer(
-        first,
-        second,
-        truncation="longest_first" if second is not None else True,
-        max_length=max_length,
-        return_token_type_ids=True,
-    )
-    starts = word_starts_from(enc.word_ids())
-    if second is not None:  # word ids restart in segment B: mark its first word too
-        seq_ids = enc.sequence_ids()
-        starts = [
-            int(s or (seq_ids[i] == 1 and seq_ids[i - 1] != 1 and enc.word_ids()[i] is not None))
-            for i, s in enumerate(starts)
-        ]
-    return {
-        "input_ids": enc["input_ids"],
-        "token_type_ids": enc["token_type_ids"],
-        "word_starts": starts,
-    }
-
-
-def pack_sentences(
-    tokenizer: Any, sentences: Sequence[str], max_length: int
-) -> list[dict[str, list[int]]]:
-    """Pack consecutive sentences into [CLS] ... [SEP] segments of at most ``max_length``.
-
-    Sentences longer than the room are cut; a segment never splits a sentence unless the
-    sentence alone is too long.
-    """
-    room = max_length - 2
-    cls_id, sep_id = tokenizer.cls_token_id, tokenizer.sep_token_id
-    encodings = tokenizer(list(sentences), add_special_tokens=False)
-    segments: list[dict[str, list[int]]] = []
-    ids: list[int] = []
-    starts: list[int] = []
-    for i in range(len(sentences)):
-        s_ids = encodings["input_ids"][i][:room]
-        s_starts = word_starts_from(encodings.word_ids(i))[:room]
-        if ids and len(ids) + len(s_ids) > room:
-            segments.append(_segment(ids, starts, cls_id, sep_id))
-            ids, starts = [], []
-        ids += s_ids
-        starts += s_starts
-    if ids:
-        segments.append(_segment(ids, starts, cls_id, sep_id))
-    return segments
-
-
-def _segment(ids: list[int], starts: list[int], cls_id: int, sep_id: int) -> dict[str, list[int]]:
-    return {
-        "input_ids": [cls_id, *ids, sep_id],
-        "token_type_ids": [0] * (len(ids) + 2),
-        "word_starts": [0, *starts, 0],
-    }
-
-
 # ---------------------------------------------------------------- collation (train time)
 
 
@@ -326,11 +259,12 @@ class SentenceClassification:
     ``label_names`` and writes its own ``build_examples``."""
 
     label_column: ClassVar[str]
+    masks_inputs: ClassVar[bool] = False
     label_names: Sequence[str] = ()
     num_labels: int
     tokenizer: Any
 
-    def example_columns(self) -> dict[str, str]:
+    def example_columns(self) -> dict[str, ColumnKind]:
         """One integer label per example."""
         return {self.label_column: "int"}
 
@@ -429,6 +363,7 @@ class BinaryTokenClassification(AttachingCollate):
 
     name: ClassVar[str]
     label_names: ClassVar[tuple[str, str]]
+    masks_inputs: ClassVar[bool] = False
     num_labels = 2
 
     @property
@@ -471,23 +406,42 @@ class BinaryTokenClassification(AttachingCollate):
 
 @runtime_checkable
 class PretrainTask(Protocol):
-    """What a pre-training objective provides. ``name`` = file stem = config string."""
+    """What a pre-training objective provides. ``name`` = file stem = config string.
+
+    Construction: ``TaskClass(settings, tokenizer, max_seq_length)``, where ``settings`` is
+    an instance of the class's ``Settings`` (a frozen dataclass of the task's options, built
+    from the config by ``settings_from_options``; subclass ``schedules.options.Settings`` and
+    declare probabilities with ``schedules.options.probability`` to get range checks),
+    ``tokenizer`` a fast Hugging Face tokenizer and ``max_seq_length`` the longest example,
+    special tokens included. The constructor may raise ValueError for unusable settings.
+
+    Class flags, checked when the task is registered (``pretrain_tasks.check_task_class``):
+    ``family`` one of FAMILIES, ``level`` one of LEVELS (a "token" task also implements
+    ``attach``, see ``TokenLevelTask``), and ``masks_inputs``: True when collating or
+    attaching replaces input tokens, in which case the task must follow the protocol of
+    ``pretrain_tasks.masking`` (skip and record ``MASKED_POSITIONS``).
+    """
 
     name: ClassVar[str]
-    family: ClassVar[str]  # one of FAMILIES
-    level: ClassVar[str]  # "token" or "sentence"
+    family: ClassVar[Family]
+    level: ClassVar[Level]
+    masks_inputs: ClassVar[bool]
     Settings: ClassVar[type]
     settings: Any
     num_labels: int
 
     def build_examples(
-        self, document: Any, corpus: CorpusView, rng: random.Random
+        self, document: Document, corpus: CorpusView, rng: random.Random
     ) -> list[dict[str, Any]]:
-        """Examples (column -> value) from one document; raise SkipDocument to skip it."""
+        """Examples (column -> value) from one document; raise SkipDocument to skip it.
+
+        Every example holds the shared columns (``input_ids``, ``token_type_ids``,
+        ``word_starts``) and exactly the columns of ``example_columns``.
+        """
         ...
 
-    def example_columns(self) -> dict[str, str]:
-        """Task-specific columns and their type: "int", "int_list" or "str"."""
+    def example_columns(self) -> dict[str, ColumnKind]:
+        """Task-specific columns (prefixed with the task name) and their kind."""
         ...
 
     def collate(

@@ -14,7 +14,8 @@ IGNORE_INDEX. ``ignore_sentence_initial`` also leaves out each sentence's first 
 capital only marks the sentence start. The head is a 2-way token classifier over labelled
 positions; metrics are accuracy and precision/recall/F1 of the "capitalised" class.
 
-The binary token loss and metrics here are shared with ``token_document_relation``.
+The binary token head, loss and metrics come from ``base.BinaryTokenClassification``
+(shared with ``token_document_relation``); segments from ``packing``.
 """
 
 from __future__ import annotations
@@ -30,7 +31,9 @@ from pretrain_tasks.base import (
     CorpusView,
     SkipDocument,
 )
-from pretrain_tasks.knowledge_masking import PackedSegment, pack_sentences_with_offsets
+from pretrain_tasks.document import Document
+from pretrain_tasks.packing import PackedSegment, pack_sentences_with_offsets
+from schedules import options
 
 LABELS = "capitalization_labels"
 LOWERCASE, CAPITALISED = 0, 1
@@ -72,14 +75,11 @@ def capitalization_labels(
     return labels
 
 
-# ---------------------------------------------------------------- binary token loss (shared)
-
-
 # ---------------------------------------------------------------- the task
 
 
 @dataclass(frozen=True)
-class CapitalizationSettings:
+class CapitalizationSettings(options.Settings):
     """Options of the ``capitalization`` task."""
 
     # Leave each sentence's first word unlabelled (its capital only marks the sentence start).
@@ -113,7 +113,7 @@ class CapitalizationTask(BinaryTokenClassification):
         return {LABELS: "int_list"}
 
     def build_examples(
-        self, document: Any, corpus: CorpusView, rng: random.Random
+        self, document: Document, corpus: CorpusView, rng: random.Random
     ) -> list[dict[str, Any]]:
         """Packed runs of consecutive sentences with their capital labels."""
         sentences = document.sentences()

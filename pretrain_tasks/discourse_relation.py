@@ -43,9 +43,11 @@ from pretrain_tasks.base import (
     SentenceClassification,
     SkipDocument,
     UserRows,
-    encode_pair,
     read_user_rows,
 )
+from pretrain_tasks.document import Document
+from pretrain_tasks.packing import encode_pair
+from schedules import options
 
 LABEL_COLUMN = "discourse_relation_label"
 LABEL_BY = ("class", "marker")
@@ -209,7 +211,7 @@ def find_marker(sentence: str) -> tuple[str, str] | None:
     return normalize_marker(match.group(0)), rest[0].upper() + rest[1:]
 
 
-def adjacent_pairs(document: Any) -> list[tuple[str, str]]:
+def adjacent_pairs(document: Document) -> list[tuple[str, str]]:
     """Adjacent sentences in reading order, not crossing a change of section heading."""
     pairs, previous, heading = [], None, object()
     for paragraph in document.paragraphs:
@@ -222,7 +224,7 @@ def adjacent_pairs(document: Any) -> list[tuple[str, str]]:
     return pairs
 
 
-def marked_pairs(document: Any) -> list[tuple[str, str, str]]:
+def marked_pairs(document: Document) -> list[tuple[str, str, str]]:
     """(s1, s2 without its marker, marker) for every adjacent pair whose s2 opens with one."""
     out = []
     for first, second in adjacent_pairs(document):
@@ -245,14 +247,15 @@ def read_discovery(path: str | Path) -> list[tuple[str, str, str]]:
 
 
 @dataclass(frozen=True)
-class DiscourseRelationSettings:
+class DiscourseRelationSettings(options.Settings):
     """Options of the ``discourse_relation`` task."""
 
     label_by: str = "class"
     user_data: str | None = None
-    max_pairs_per_document: int = 64
+    max_pairs_per_document: int = options.bounded(64, low=1)
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.label_by not in LABEL_BY:
             raise ValueError(f"label_by must be one of {LABEL_BY}, got {self.label_by!r}")
 
@@ -299,7 +302,7 @@ class DiscourseRelationTask(SentenceClassification):
         return self._label_of[marker]
 
     def build_examples(
-        self, document: Any, corpus: CorpusView, rng: random.Random
+        self, document: Document, corpus: CorpusView, rng: random.Random
     ) -> list[dict[str, Any]]:
         """Mined marked pairs of this document, or the user rows it is assigned."""
         if self.settings.user_data is not None:

@@ -44,9 +44,11 @@ from pretrain_tasks.base import (
     SentenceClassification,
     SkipDocument,
     UserRows,
-    encode_pair,
     read_user_rows,
 )
+from pretrain_tasks.document import Document
+from pretrain_tasks.packing import encode_pair
+from schedules import options
 
 LABEL_COLUMN = "ir_relevance_label"
 STRONG, WEAK, IRRELEVANT = 0, 1, 2
@@ -60,7 +62,7 @@ def _has_text(text: str | None) -> bool:
     return text is not None and any(c.isalnum() for c in text)
 
 
-def title_and_heading_queries(document: Any) -> list[tuple[str, str]]:
+def title_and_heading_queries(document: Document) -> list[tuple[str, str]]:
     """(query, lead sentence): the title with the document's first sentence, then each
     distinct section heading with the first sentence of its section."""
     sentences = [s for s in document.sentences() if _has_text(s)]
@@ -167,12 +169,12 @@ def read_relevance_data(path: str | Path) -> list[tuple[str, str, int]]:
 
 
 @dataclass(frozen=True)
-class IRRelevanceSettings:
+class IRRelevanceSettings(options.Settings):
     """Options of the ``ir_relevance`` task."""
 
     user_data: str | None = None
-    max_queries_per_document: int = 8
-    max_index_passages: int = 50_000
+    max_queries_per_document: int = options.bounded(8, low=1)
+    max_index_passages: int = options.bounded(50_000, low=1)
 
 
 class IRRelevanceTask(SentenceClassification):
@@ -211,7 +213,7 @@ class IRRelevanceTask(SentenceClassification):
         return self._index[1]
 
     def build_examples(
-        self, document: Any, corpus: CorpusView, rng: random.Random
+        self, document: Document, corpus: CorpusView, rng: random.Random
     ) -> list[dict[str, Any]]:
         """User rows assigned to this document, or the title/heading stand-in."""
         if self.settings.user_data is not None:

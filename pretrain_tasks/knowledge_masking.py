@@ -40,12 +40,12 @@ Masking (train time, vectorised, from the batch generator): each unit is chosen 
 token / 10% kept. The loss is taken over masked positions only with the tied masked-LM head
 of ``mlm``. On another task's batch (``attach``) the units are the words of ``word_starts``.
 
-Interplay with ``mlm``: when both label the same batch, knowledge masking never masks a
-position that already carries an ``mlm_labels`` label (``OTHER_MASKED_LM_LABELS``), so
-running it second keeps both tasks' labels correct (original token ids).
+Interplay with other masking tasks (``mlm``): when several label the same batch, knowledge
+masking never masks a position another one already masked (``masking.MASKED_POSITIONS``),
+so running it second keeps both tasks' labels correct (original token ids).
 
-The word helpers that open the helper section (``STOP_WORDS``, ``words_with_offsets``,
-``PackedSegment``, ``pack_sentences_with_offsets``) are shared by the word-aware tasks.
+The word and span helpers it builds on (``spans``, ``packing``) are shared by the
+word-aware tasks; the masking functions and masked-LM head (``masking``) with ``mlm``.
 """
 
 from __future__ import annotations
@@ -63,16 +63,32 @@ import torch
 from torch import Tensor, nn
 
 from pretrain_tasks.base import (
-    IGNORE_INDEX,
     AttachingCollate,
     CorpusView,
     Encoded,
     SkipDocument,
     TaskLoss,
     pad_column,
-    word_starts_from,
 )
-from pretrain_tasks.mlm import MaskedLMHead, masked_lm_loss, masked_lm_metrics, unit_mask
+from pretrain_tasks.document import Document
+from pretrain_tasks.masking import (
+    MaskedLMHead,
+    maskable_positions,
+    masked_lm_loss,
+    masked_lm_metrics,
+    record_masked,
+    unit_mask,
+)
+from pretrain_tasks.packing import pack_sentences_with_offsets
+from pretrain_tasks.spans import (
+    STOP_WORDS,
+    Span,
+    select_non_overlapping,
+    units_from_spans,
+    word_runs,
+    words_with_offsets,
+)
+from schedules import options
 
 KNOWLEDGE_LEVELS = ("basic", "phrase", "entity")
 PHRASE_UNITS = "knowledge_masking_phrase_units"
@@ -80,169 +96,14 @@ ENTITY_UNITS = "knowledge_masking_entity_units"
 PHRASE_COUNT = "knowledge_masking_phrases"
 ENTITY_COUNT = "knowledge_masking_entities"
 LABELS = "knowledge_masking_labels"
-# Labels of other masked-LM tasks: positions they already masked are left to them.
-OTHER_MASKED_LM_LABELS = ("mlm_labels",)
 
-Span = tuple[int, int]  # character offsets [start, end) in one sentence
-
-# A small English stop-word list (function words), shared by the word-aware tasks.
-STOP_WORDS = frozenset(
-    """
-    a about above after again against all am an and any are as at be because been before
-    being below between both but by can could did do does doing down during each few for
-    from further had has have having he her here hers herself him himself his how i if in
-    into is it its itself just me more most my myself no nor not now of off on once only or
-    other our ours ourselves out over own same she should so some such than that the their
-    theirs them themselves then there these they this those through to too under until up
-    very was we were what when where which while who whom why will with would you your
-    yours yourself yourselves s t d ll m o re ve y also however therefore thus may might
-    must shall many much
-    """.split()
-)
 # Lower-case words allowed inside a capitalised name ("Bank of England", "Ludwig van Beethoven").
 NAME_PARTICLES = frozenset("of de da di du del della der den van von la le".split())
 
 # Stop words allowed inside a phrase ("bank of england", "research and development").
 PHRASE_CONNECTORS = NAME_PARTICLES | {"and", "for"}
 
-_WORD = re.compile(r"[^\W_]+")
-_JOINING_GAP = re.compile(r"\s+|-")  # what may separate two words of one phrase or name
 _IRREGULAR_SPACE = re.compile(r"\s{2,}|[^\S ]")
-
-
-# ---------------------------------------------------------------- word helpers (shared)
-
-
-def words_with_offsets(text: str) -> list[tuple[str, int, int]]:
-    """(word, start, end) for every run of letters/digits in ``text``."""
-    return [(m.group(), m.start(), m.end()) for m in _WORD.finditer(text)]
-
-
-def word_runs(text: str) -> list[list[tuple[str, int, int]]]:
-    """Words grouped into runs separated only by whitespace or one hyphen (no punctuation)."""
-    runs: list[list[tuple[str, int, int]]] = []
-    for word in words_with_offsets(text):
-        if runs and _JOINING_GAP.fullmatch(text[runs[-1][-1][2] : word[1]]):
-            runs[-1].append(word)
-        else:
-            runs.append([word])
-    return runs
-
-
-def select_non_overlapping(spans: Iterable[Span]) -> list[Span]:
-    """Keep the longest spans first, then the leftmost, dropping any that overlap; sorted."""
-    kept: list[Span] = []
-    for start, end in sorted(set(spans), key=lambda s: (s[0] - s[1], s[0])):
-        if end > start and all(end <= a or start >= b for a, b in kept):
-            kept.append((start, end))
-    return sorted(kept)
-
-
-@dataclass(frozen=True)
-class PackedSegment:
-    """A packed [CLS] ... [SEP] segment that remembers where each token came from."""
-
-    input_ids: list[int]
-    word_starts: list[int]
-    sentence_index: list[int]  # per token: index of its sentence, -1 on [CLS]/[SEP]
-    offsets: list[tuple[int, int]]  # per token: character span in its sentence
-
-    def shared_columns(self) -> dict[str, list[int]]:
-        """The columns every example has."""
-        return {
-            "input_ids": list(self.input_ids),
-            "token_type_ids": [0] * len(self.input_ids),
-            "word_starts": list(self.word_starts),
-        }
-
-    def word_numbers(self) -> list[int]:
-        """Per token: 1-based number of its word in the segment, 0 on special tokens."""
-        numbers, current = [], 0
-        for start, sentence in zip(self.word_starts, self.sentence_index, strict=True):
-            current += start
-            numbers.append(current if sentence >= 0 else 0)
-        return numbers
-
-    def words(self) -> list[tuple[int, int, int, int]]:
-        """(first token position, sentence index, start, end) of every word, in order."""
-        out: list[list[int]] = []
-        for position, (start, sentence) in enumerate(
-            zip(self.word_starts, self.sentence_index, strict=True)
-        ):
-            if start:
-                out.append([position, sentence, *self.offsets[position]])
-            elif sentence >= 0 and out and out[-1][1] == sentence:
-                out[-1][3] = self.offsets[position][1]
-        return [(p, s, a, b) for p, s, a, b in out]
-
-
-def pack_sentences_with_offsets(
-    tokenizer: Any, sentences: Sequence[str], max_length: int
-) -> list[PackedSegment]:
-    """``base.pack_sentences`` (same segments, same ids) plus each token's source offsets."""
-    if not sentences:
-        return []
-    room = max_length - 2
-    cls_id, sep_id = tokenizer.cls_token_id, tokenizer.sep_token_id
-    encodings = tokenizer(list(sentences), add_special_tokens=False, return_offsets_mapping=True)
-    segments: list[PackedSegment] = []
-    ids: list[int] = []
-    starts: list[int] = []
-    sources: list[int] = []
-    offsets: list[tuple[int, int]] = []
-
-    def close() -> None:
-        segments.append(
-            PackedSegment(
-                [cls_id, *ids, sep_id],
-                [0, *starts, 0],
-                [-1, *sources, -1],
-                [(0, 0), *offsets, (0, 0)],
-            )
-        )
-
-    for i in range(len(sentences)):
-        s_ids = encodings["input_ids"][i][:room]
-        if ids and len(ids) + len(s_ids) > room:
-            close()
-            ids, starts, sources, offsets = [], [], [], []
-        ids += s_ids
-        starts += word_starts_from(encodings.word_ids(i))[:room]
-        sources += [i] * len(s_ids)
-        offsets += [tuple(o) for o in encodings["offset_mapping"][i][:room]]
-    if ids:
-        close()
-    return segments
-
-
-def units_from_spans(
-    segment: PackedSegment, spans_per_sentence: Sequence[Sequence[Span]]
-) -> tuple[list[int], int]:
-    """(unit id per token, number of spans present) for one segmentation level.
-
-    Every word touched by a span joins that span's unit; every other word is a unit by
-    itself; special tokens get 0. Unit ids are numbered 1.. in reading order.
-    """
-    word_of = segment.word_numbers()
-    span_of_word: dict[int, tuple[int, int]] = {}
-    for position, (sentence, (start, end)) in enumerate(
-        zip(segment.sentence_index, segment.offsets, strict=True)
-    ):
-        if sentence < 0 or word_of[position] in span_of_word:
-            continue
-        for k, (a, b) in enumerate(spans_per_sentence[sentence]):
-            if start < b and a < end:
-                span_of_word[word_of[position]] = (sentence, k)
-                break
-    unit_of: dict[tuple[int, int], int] = {}
-    units = []
-    for word in word_of:
-        if word == 0:
-            units.append(0)
-            continue
-        key = span_of_word.get(word, (-1, word))
-        units.append(unit_of.setdefault(key, len(unit_of) + 1))
-    return units, len(set(span_of_word.values()))
 
 
 # ---------------------------------------------------------------- span finders (prepare time)
@@ -429,12 +290,12 @@ def _padded(rows: Sequence[Sequence[int]], length: int) -> Tensor:
 
 
 @dataclass(frozen=True)
-class KnowledgeMaskingSettings:
-    """Options of the ``knowledge_masking`` task."""
+class KnowledgeMaskingSettings(options.Settings):
+    """Options of the ``knowledge_masking`` task (probabilities in [0, 1])."""
 
-    mask_probability: float = 0.15
-    replace_probability: float = 0.8
-    random_probability: float = 0.1
+    mask_probability: float = options.probability(0.15)
+    replace_probability: float = options.probability(0.8)
+    random_probability: float = options.probability(0.1)
     # Relative probability that an example uses each level's units; missing levels weigh 0.
     level_weights: Mapping[str, float] = field(
         default_factory=lambda: {"basic": 1.0, "phrase": 1.0, "entity": 1.0}
@@ -447,15 +308,13 @@ class KnowledgeMaskingSettings:
     spacy_model: str | None = None  # a locally installed spaCy pipeline name or path
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         unknown = sorted(set(self.level_weights) - set(KNOWLEDGE_LEVELS))
         if unknown:
             raise ValueError(f"level_weights: unknown levels {unknown}; known: {KNOWLEDGE_LEVELS}")
         weights = list(self.level_weights.values())
         if any(w < 0 for w in weights) or sum(weights) <= 0:
             raise ValueError("level_weights: weights must be >= 0 with a positive sum")
-        for name in ("mask_probability", "replace_probability", "random_probability"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"{name} must lie in [0, 1]")
         if not 2 <= self.phrase_max_words:
             raise ValueError("phrase_max_words must be >= 2")
 
@@ -466,6 +325,7 @@ class KnowledgeMaskingTask(AttachingCollate):
     name: ClassVar[str] = "knowledge_masking"
     family: ClassVar[str] = "word-aware"
     level: ClassVar[str] = "token"
+    masks_inputs: ClassVar[bool] = True
     Settings: ClassVar[type] = KnowledgeMaskingSettings
 
     def __init__(
@@ -551,7 +411,7 @@ class KnowledgeMaskingTask(AttachingCollate):
         return self._nlp
 
     def build_examples(
-        self, document: Any, corpus: CorpusView, rng: random.Random
+        self, document: Document, corpus: CorpusView, rng: random.Random
     ) -> list[dict[str, Any]]:
         """Packed runs of consecutive sentences with their phrase and entity units."""
         sentences = document.sentences()
@@ -586,11 +446,7 @@ class KnowledgeMaskingTask(AttachingCollate):
         are never masked again.
         """
         input_ids = batch["input_ids"]  # (B, T)
-        special = torch.isin(input_ids, torch.tensor(self.tokenizer.all_special_ids))
-        maskable = batch["attention_mask"].bool() & ~special
-        for key in OTHER_MASKED_LM_LABELS:
-            if key in batch:
-                maskable &= batch[key] == IGNORE_INDEX
+        maskable = maskable_positions(batch, self.tokenizer.all_special_ids)
         word_units = batch["word_starts"].long().cumsum(dim=1)  # (B, T)
         if PHRASE_UNITS in examples and ENTITY_UNITS in examples:
             length = input_ids.shape[1]
@@ -616,6 +472,7 @@ class KnowledgeMaskingTask(AttachingCollate):
             replace_probability=s.replace_probability,
             random_probability=s.random_probability,
         )
+        record_masked(batch, batch[LABELS])
         return True
 
     def build_head(self, config: Any) -> nn.Module:

@@ -20,8 +20,10 @@ from pretrain_tasks.base import (
     CorpusView,
     SentenceClassification,
     SkipDocument,
-    encode_pair,
 )
+from pretrain_tasks.document import Document
+from pretrain_tasks.packing import encode_pair
+from schedules import options
 
 ADJACENT, SAME_DOCUMENT, OTHER_DOCUMENT = 0, 1, 2
 LABEL_NAMES = ("adjacent", "same_document", "other_document")
@@ -62,10 +64,10 @@ def draw_pairs(
 
 
 @dataclass(frozen=True)
-class SentenceDistanceSettings:
+class SentenceDistanceSettings(options.Settings):
     """Options of the ``sentence_distance`` task."""
 
-    max_pairs_per_document: int = 64
+    max_pairs_per_document: int = options.bounded(64, low=1)
 
 
 class SentenceDistanceTask(SentenceClassification):
@@ -87,7 +89,7 @@ class SentenceDistanceTask(SentenceClassification):
         self.max_seq_length = max_seq_length
 
     def build_examples(
-        self, document: Any, corpus: CorpusView, rng: random.Random
+        self, document: Document, corpus: CorpusView, rng: random.Random
     ) -> list[dict[str, Any]]:
         """One pair per anchor sentence (up to ``max_pairs_per_document``)."""
         sentences = document.sentences()

@@ -41,8 +41,10 @@ from pretrain_tasks.base import (
     CorpusView,
     SentenceClassification,
     SkipDocument,
-    word_starts_from,
 )
+from pretrain_tasks.document import Document
+from pretrain_tasks.packing import word_starts_from
+from schedules import options
 
 LABEL_COLUMN = "sentence_reordering_label"
 
@@ -169,17 +171,11 @@ def assemble(
 
 
 @dataclass(frozen=True)
-class SentenceReorderingSettings:
+class SentenceReorderingSettings(options.Settings):
     """Options of the ``sentence_reordering`` task."""
 
-    max_segments: int = 3
-    max_examples_per_document: int = 64
-
-    def __post_init__(self) -> None:
-        if not 1 <= self.max_segments <= 8:
-            raise ValueError(f"max_segments must be in 1..8, got {self.max_segments}")
-        if self.max_examples_per_document < 1:
-            raise ValueError("max_examples_per_document must be >= 1")
+    max_segments: int = options.bounded(3, low=1, high=8)
+    max_examples_per_document: int = options.bounded(64, low=1)
 
 
 class SentenceReorderingTask(SentenceClassification):
@@ -204,7 +200,7 @@ class SentenceReorderingTask(SentenceClassification):
         self.usable_segments = min(settings.max_segments, (max_seq_length - 1) // 2)
 
     def build_examples(
-        self, document: Any, corpus: CorpusView, rng: random.Random
+        self, document: Document, corpus: CorpusView, rng: random.Random
     ) -> list[dict[str, Any]]:
         """One shuffled window of consecutive sentences per paragraph window."""
         budget = self.max_seq_length - 1 - self.usable_segments

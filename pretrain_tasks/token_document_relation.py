@@ -16,7 +16,7 @@ paper leaves segments and filtering unspecified; here:
   symbol characters removed ("Paris" = "paris", "naïve" = "naive").
 - label: 1 if the normalised word occurs in at least one other segment of the document,
   0 otherwise. Words without a letter (punctuation, numbers) carry IGNORE_INDEX, and so do
-  stop words (a small built-in English list, ``knowledge_masking.STOP_WORDS``) unless
+  stop words (a small built-in English list, ``spans.STOP_WORDS``) unless
   ``ignore_stop_words`` is false: they appear everywhere and would teach nothing.
 
 The head is a 2-way token classifier; metrics are accuracy and precision/recall/F1 of
@@ -38,11 +38,10 @@ from pretrain_tasks.base import (
     CorpusView,
     SkipDocument,
 )
-from pretrain_tasks.knowledge_masking import (
-    STOP_WORDS,
-    PackedSegment,
-    pack_sentences_with_offsets,
-)
+from pretrain_tasks.document import Document
+from pretrain_tasks.packing import PackedSegment, pack_sentences_with_offsets
+from pretrain_tasks.spans import STOP_WORDS
+from schedules import options
 
 LABELS = "token_document_relation_labels"
 SEGMENT_KINDS = ("paragraph", "chunk")
@@ -91,7 +90,7 @@ def segment_word_texts(segment: PackedSegment, sentences: Sequence[str]) -> list
 
 
 def document_segments(
-    tokenizer: Any, document: Any, max_length: int, segment_by: str
+    tokenizer: Any, document: Document, max_length: int, segment_by: str
 ) -> list[tuple[PackedSegment, Sequence[str]]]:
     """(segment, the sentences its tokens index) for every segment of ``document``."""
     groups = (
@@ -118,13 +117,14 @@ def token_labels(segment: PackedSegment, word_labels: Sequence[int]) -> list[int
 
 
 @dataclass(frozen=True)
-class TokenDocumentRelationSettings:
+class TokenDocumentRelationSettings(options.Settings):
     """Options of the ``token_document_relation`` task."""
 
     ignore_stop_words: bool = True
     segment_by: str = "paragraph"  # "paragraph" or "chunk"
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.segment_by not in SEGMENT_KINDS:
             raise ValueError(f"segment_by must be one of {SEGMENT_KINDS}, got {self.segment_by!r}")
 
@@ -150,7 +150,7 @@ class TokenDocumentRelationTask(BinaryTokenClassification):
         return {LABELS: "int_list"}
 
     def build_examples(
-        self, document: Any, corpus: CorpusView, rng: random.Random
+        self, document: Document, corpus: CorpusView, rng: random.Random
     ) -> list[dict[str, Any]]:
         """One example per segment, labelled against the document's other segments."""
         if not document.num_sentences:

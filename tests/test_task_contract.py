@@ -1,153 +1,136 @@
-"""The one contract every registered pre-training task must pass (default options, tiny encoder).
+"""Every registered pre-training task passes ``pretrain_tasks.contract.check_task``.
 
-Parametrized over ``pretrain_tasks.TASKS``: a task registered there is tested here with no
-further code. Checks: class attributes, examples and their declared columns, determinism,
-collation, head and loss through a shared encoder, gradient flow to the word embeddings,
-summable statistics and metrics, the idle-head probe, and ``attach`` for token tasks.
+Parametrized over ``pretrain_tasks.TASKS``: a task registered there is checked here with no
+further code, by the same public function a plug-in author runs on their own task. The
+second half shows that the check fails on tasks that break a rule (so it can fail).
 """
 
 from __future__ import annotations
 
 import inspect
-import math
-import random
-from dataclasses import is_dataclass
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 import torch
 
 import pretrain_tasks
-from pretrain_tasks.base import FAMILIES, LEVELS, SkipDocument, stable_seed
+from pretrain_tasks.base import IGNORE_INDEX
+from pretrain_tasks.contract import ContractError, check_task
+from pretrain_tasks.masking import MASKED_POSITIONS
+from pretrain_tasks.mlm import MLMTask
+from pretrain_tasks.token_document_relation import TokenDocumentRelationTask
 
-MAX_SEQ_LENGTH = 64
-SHARED_COLUMNS = ("input_ids", "token_type_ids", "word_starts")
-BATCH_SIZE = 8
 TASK_NAMES = sorted(pretrain_tasks.TASKS)
-TOKEN_TASK_NAMES = [name for name in TASK_NAMES if pretrain_tasks.TASKS[name].level == "token"]
+
+# Examples and skip reasons that follow by hand from tests/conftest.py's FIXTURE_TEXT and
+# the fixture tokenizer's sentence lengths in tokens (62 fit between [CLS] and [SEP]):
+# Ada Lovelace [13, 22, 18, 20 | 18, 23, 14], Paris [14, 17, 15, 16 | 19, 20], Machine
+# learning [19, 17, 18, 22, 16], Single [13], plus one empty document.
+# - packed documents (mlm, knowledge_masking, capitalization): Ada 53 | 61 | 14, Paris 62 |
+#   39, Machine learning 54 | 38, Single 13 -> 8; the empty document is skipped;
+# - token_document_relation packs paragraphs: Ada 53 | 20 | 55, Paris 62 | 39, Machine
+#   learning 54 | 38 -> 7; Single has one segment, the empty document no sentences;
+# - sentence_distance: one pair per sentence but the last of each multi-sentence document
+#   (6 + 5 + 4 = 15); Single and the empty document are skipped.
+PACKED = (8, {"no_sentences": 1})
+EXPECTED = {
+    "mlm": PACKED,
+    "knowledge_masking": PACKED,
+    "capitalization": PACKED,
+    "token_document_relation": (7, {"single_segment": 1, "no_sentences": 1}),
+    "sentence_distance": (15, {"fewer_than_two_sentences": 2}),
+}
 
 
-def build_all(task, documents, corpus, seed: int = 0) -> list[dict]:
-    """Examples of every fixture document (skipped ones must give a reason)."""
-    examples = []
-    for document in documents:
-        rng = random.Random(stable_seed(seed, task.name, document.id))
-        try:
-            examples += task.build_examples(document, corpus, rng)
-        except SkipDocument as skip:
-            assert isinstance(skip.reason, str) and skip.reason
-    return examples
+@pytest.mark.parametrize("name", TASK_NAMES)
+def test_builtin_task_passes_the_contract(name, tokenizer, documents, corpus_view) -> None:
+    cls = pretrain_tasks.TASKS[name]
+    assert Path(inspect.getfile(cls)).stem == name  # name = file stem = config string
+    report = check_task(cls, tokenizer, documents, corpus_view)
+    assert report.task == name
+    examples, skipped = EXPECTED.get(name, (None, None))
+    if examples is not None:
+        assert report.examples == examples
+    if skipped is not None:
+        assert report.skipped == skipped
+    masking = {"mlm", "knowledge_masking"}
+    assert report.attached == ((name in masking) if cls.level == "token" else None)
 
 
-def columnar(examples: list[dict], names) -> dict[str, list]:
-    return {name: [example[name] for example in examples] for name in names}
+def test_masking_tasks_leave_each_other_s_positions_alone(tokenizer, documents) -> None:
+    """mlm then knowledge_masking on one batch: disjoint labels, both recorded."""
+    from pretrain_tasks.contract import host_batch
 
-
-def check_column(kind: str, value, length: int) -> None:
-    if kind == "int":
-        assert isinstance(value, int) and not isinstance(value, bool)
-    elif kind == "int_list":
-        assert len(value) == length and all(isinstance(v, int) for v in value)
-    elif kind == "float":
-        assert isinstance(value, (int, float)) and math.isfinite(value)
-    elif kind == "str":
-        assert isinstance(value, str)
-    else:
-        raise AssertionError(f"unknown column kind {kind!r}")
-
-
-@pytest.fixture(scope="module", params=TASK_NAMES)
-def prepared(request, tokenizer, documents, corpus_view):
-    """(task, examples) for one registered task with default options."""
-    task = pretrain_tasks.build_task(request.param, {}, tokenizer, MAX_SEQ_LENGTH)
-    return task, build_all(task, documents, corpus_view)
-
-
-def test_class_attributes(prepared) -> None:
-    task, _ = prepared
-    cls = type(task)
-    assert cls.family in FAMILIES
-    assert cls.level in LEVELS
-    assert pretrain_tasks.TASKS[cls.name] is cls
-    assert Path(inspect.getfile(cls)).stem == cls.name
-    assert is_dataclass(cls.Settings) and isinstance(task.settings, cls.Settings)
-    assert isinstance(task.num_labels, int) and task.num_labels >= 1
-    assert isinstance(task, pretrain_tasks.PretrainTask)
-
-
-def test_examples_have_declared_columns(prepared) -> None:
-    task, examples = prepared
-    assert examples, "the fixture documents must give at least one example"
-    declared = task.example_columns()
-    assert all(kind in ("int", "int_list", "float", "str") for kind in declared.values())
-    for example in examples:
-        length = len(example["input_ids"])
-        assert 2 <= length <= MAX_SEQ_LENGTH
-        for name in SHARED_COLUMNS:
-            check_column("int_list", example[name], length)
-        for name, kind in declared.items():
-            check_column(kind, example[name], length)
-    counts = task.label_counts(columnar(examples, [*SHARED_COLUMNS, *declared]))
-    assert all(isinstance(k, str) and isinstance(v, int) for k, v in counts.items())
-
-
-def test_same_seed_same_examples(prepared, documents, corpus_view) -> None:
-    task, examples = prepared
-    assert build_all(task, documents, corpus_view) == examples
-
-
-def test_collate_loss_backward_metrics(prepared, encoder_config) -> None:
-    from transformers import ErnieModel
-
-    from ernie_cpt.model import MultiTaskModel
-
-    task, examples = prepared
-    names = [*SHARED_COLUMNS, *task.example_columns()]
-    torch.manual_seed(0)
-    model = MultiTaskModel(ErnieModel(encoder_config), {task.name: task.build_head(encoder_config)})
+    batch, columns = host_batch(tokenizer, documents, 64, 8)
     generator = torch.Generator().manual_seed(0)
-    total, summed, sample_sizes = 0.0, {}, []
-    for start in range(0, len(examples), BATCH_SIZE):
-        batch = task.collate(columnar(examples[start : start + BATCH_SIZE], names), generator)
-        assert batch["input_ids"].shape == batch["attention_mask"].shape
-        assert batch["input_ids"].shape == batch["token_type_ids"].shape
-        encoded = model(
-            batch["input_ids"],
-            batch["attention_mask"],
-            batch["token_type_ids"],
-            torch.zeros_like(batch["input_ids"]),
-        )
-        loss = task.loss(model.heads[task.name], encoded, batch)
-        assert torch.isfinite(loss.loss_sum) and torch.isfinite(loss.mean())
-        sample_sizes.append(int(loss.sample_size))
-        total = total + loss.mean()
-        for key, value in loss.stats.items():
-            value = float(value.detach()) if torch.is_tensor(value) else float(value)
-            summed[key] = summed.get(key, 0.0) + value
-        probe = model.heads[task.name](encoded.pooled_output[:1].detach())  # (1, H) idle probe
-        assert torch.is_tensor(probe) and probe.shape[0] == 1
-    assert max(sample_sizes) > 0
-    total.backward()
-    grad = model.encoder.embeddings.word_embeddings.weight.grad
-    assert grad is not None and grad.abs().sum() > 0
-    metrics = task.metrics(summed)
-    assert metrics and all(isinstance(v, float) and math.isfinite(v) for v in metrics.values()), (
-        metrics
-    )
+    for name in ("mlm", "knowledge_masking"):
+        task = pretrain_tasks.build_task(name, {"mask_probability": 0.5}, tokenizer, 64)
+        assert task.attach(batch, columns, generator)
+    mlm = batch["mlm_labels"] != IGNORE_INDEX
+    knowledge = batch["knowledge_masking_labels"] != IGNORE_INDEX
+    assert mlm.any() and knowledge.any()
+    assert not (mlm & knowledge).any()
+    assert torch.equal(batch[MASKED_POSITIONS], mlm | knowledge)
 
 
-@pytest.mark.parametrize("name", TOKEN_TASK_NAMES)
-def test_token_task_attaches_to_another_batch(name, tokenizer, documents, corpus_view) -> None:
-    task = pretrain_tasks.build_task(name, {}, tokenizer, MAX_SEQ_LENGTH)
-    assert callable(getattr(task, "attach", None)), "token-level tasks must implement attach"
-    host = pretrain_tasks.build_task("sentence_distance", {}, tokenizer, MAX_SEQ_LENGTH)
-    host_examples = build_all(host, documents, corpus_view)[:BATCH_SIZE]
-    columns = columnar(host_examples, [*SHARED_COLUMNS, *host.example_columns()])
-    generator = torch.Generator().manual_seed(0)
-    batch = host.collate(columns, generator)
-    shape = batch["input_ids"].shape
-    attached = task.attach(batch, columns, generator)
-    assert isinstance(attached, bool)
-    if attached:
-        assert batch[f"{task.name}_labels"].shape == shape
-        assert batch["input_ids"].shape == shape
+# ---------------------------------------------------------------- the check can fail
+
+
+class UnrecordedMasking(MLMTask):
+    """Masks tokens but forgets to record them: breaks the masking protocol."""
+
+    def attach(self, batch, examples, generator) -> bool:
+        previous = batch.get(MASKED_POSITIONS)
+        super().attach(batch, examples, generator)
+        if previous is None:
+            del batch[MASKED_POSITIONS]
+        else:
+            batch[MASKED_POSITIONS] = previous
+        return True
+
+
+class SilentMasking(TokenDocumentRelationTask):
+    """Changes input ids while declaring ``masks_inputs = False``."""
+
+    def attach(self, batch, examples, generator) -> bool:
+        if not super().attach(batch, examples, generator):  # a host batch: no labels column
+            batch[self.labels_key] = torch.full_like(batch["input_ids"], IGNORE_INDEX)
+        batch["input_ids"] = batch["input_ids"].flip(1)
+        return True
+
+
+class ExtraColumn(TokenDocumentRelationTask):
+    """Returns a column it does not declare."""
+
+    def build_examples(self, document, corpus, rng):
+        return [{**e, "undeclared": 1} for e in super().build_examples(document, corpus, rng)]
+
+
+@dataclass(frozen=True)
+class NoOptions:
+    """No options."""
+
+
+class WrongConstructor(TokenDocumentRelationTask):
+    """Takes its arguments in another order than the Protocol documents."""
+
+    Settings: ClassVar[type] = NoOptions
+
+    def __init__(self, tokenizer, settings) -> None:  # no max_seq_length
+        super().__init__(TokenDocumentRelationTask.Settings(), tokenizer, 64)
+
+
+@pytest.mark.parametrize(
+    ("cls", "rule"),
+    [
+        (UnrecordedMasking, "record masks"),
+        (SilentMasking, "masks_inputs = False: input_ids unchanged"),
+        (ExtraColumn, "example columns"),
+        (WrongConstructor, "the constructor must be"),
+    ],
+)
+def test_check_task_rejects_broken_tasks(cls, rule, tokenizer, documents) -> None:
+    with pytest.raises(ContractError, match=rule):
+        check_task(cls, tokenizer, documents)

@@ -1,0 +1,88 @@
+"""Words and character spans in raw sentences, and the token units spans become.
+
+Prepare-time helpers shared by the word-aware tasks: the words of a sentence with their
+offsets, runs of words not separated by punctuation, non-overlapping span selection, a
+small English stop-word list, and ``units_from_spans``, which turns character spans into
+per-token unit ids of a packed segment (0 = special token, k > 0 = unit).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+
+from pretrain_tasks.packing import PackedSegment
+
+Span = tuple[int, int]  # character offsets [start, end) in one sentence
+
+# A small English stop-word list (function words), shared by the word-aware tasks.
+STOP_WORDS = frozenset(
+    """
+    a about above after again against all am an and any are as at be because been before
+    being below between both but by can could did do does doing down during each few for
+    from further had has have having he her here hers herself him himself his how i if in
+    into is it its itself just me more most my myself no nor not now of off on once only or
+    other our ours ourselves out over own same she should so some such than that the their
+    theirs them themselves then there these they this those through to too under until up
+    very was we were what when where which while who whom why will with would you your
+    yours yourself yourselves s t d ll m o re ve y also however therefore thus may might
+    must shall many much
+    """.split()
+)
+_WORD = re.compile(r"[^\W_]+")
+_JOINING_GAP = re.compile(r"\s+|-")  # what may separate two words of one phrase or name
+
+
+def words_with_offsets(text: str) -> list[tuple[str, int, int]]:
+    """(word, start, end) for every run of letters/digits in ``text``."""
+    return [(m.group(), m.start(), m.end()) for m in _WORD.finditer(text)]
+
+
+def word_runs(text: str) -> list[list[tuple[str, int, int]]]:
+    """Words grouped into runs separated only by whitespace or one hyphen (no punctuation)."""
+    runs: list[list[tuple[str, int, int]]] = []
+    for word in words_with_offsets(text):
+        if runs and _JOINING_GAP.fullmatch(text[runs[-1][-1][2] : word[1]]):
+            runs[-1].append(word)
+        else:
+            runs.append([word])
+    return runs
+
+
+def select_non_overlapping(spans: Iterable[Span]) -> list[Span]:
+    """Keep the longest spans first, then the leftmost, dropping any that overlap; sorted."""
+    kept: list[Span] = []
+    for start, end in sorted(set(spans), key=lambda s: (s[0] - s[1], s[0])):
+        if end > start and all(end <= a or start >= b for a, b in kept):
+            kept.append((start, end))
+    return sorted(kept)
+
+
+def units_from_spans(
+    segment: PackedSegment, spans_per_sentence: Sequence[Sequence[Span]]
+) -> tuple[list[int], int]:
+    """(unit id per token, number of spans present) for one segmentation level.
+
+    Every word touched by a span joins that span's unit; every other word is a unit by
+    itself; special tokens get 0. Unit ids are numbered 1.. in reading order.
+    """
+    word_of = segment.word_numbers()
+    span_of_word: dict[int, tuple[int, int]] = {}
+    for position, (sentence, (start, end)) in enumerate(
+        zip(segment.sentence_index, segment.offsets, strict=True)
+    ):
+        if sentence < 0 or word_of[position] in span_of_word:
+            continue
+        for k, (a, b) in enumerate(spans_per_sentence[sentence]):
+            if start < b and a < end:
+                span_of_word[word_of[position]] = (sentence, k)
+                break
+    unit_of: dict[tuple[int, int], int] = {}
+    units = []
+    for word in word_of:
+        if word == 0:
+            units.append(0)
+            continue
+        key = span_of_word.get(word, (-1, word))
+        units.append(unit_of.setdefault(key, len(unit_of) + 1))
+    return units, len(set(span_of_word.values()))
