@@ -210,6 +210,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         config=_finetune_config(args),
         text_fields=args.text_fields.split(",") if args.text_fields else None,
         label_field=args.label_field,
+        progress=True,
     )
     text = json.dumps(json_safe(result), indent=2)
     if args.out:

@@ -349,9 +349,14 @@ def finetune_once(
     dev: LabelledData,
     config: FinetuneConfig,
     seed: int,
+    progress: bool = False,
 ) -> dict[str, float]:
-    """Fine-tune with one seed; returns the dev metrics after the last epoch."""
+    """Fine-tune with one seed; returns the dev metrics after the last epoch (``progress``:
+    a bar with ETA on stderr)."""
+    import sys
+
     import torch
+    from tqdm import tqdm
     from transformers import AutoTokenizer
 
     if config.threads is not None:
@@ -378,6 +383,7 @@ def finetune_once(
     )
     generator = torch.Generator().manual_seed(seed)
     model.train()
+    bar = tqdm(total=steps, desc=f"seed {seed}", file=sys.stderr, disable=not progress, leave=False)
     for _ in range(config.epochs):
         order = torch.randperm(len(train), generator=generator).tolist()
         for batch in _batches(train_t, config.batch_size, order):
@@ -388,6 +394,8 @@ def finetune_once(
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
             scheduler.step()
+            bar.update()
+    bar.close()
     return predict_metrics(model, dev_t, config, regression)
 
 
@@ -419,6 +427,7 @@ def evaluate_model(
     config: FinetuneConfig | None = None,
     text_fields: Sequence[str] | None = None,
     label_field: str | None = None,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Fine-tune ``seeds`` times; the median dev score and every seed's metrics."""
     config = config or FinetuneConfig()
@@ -433,7 +442,9 @@ def evaluate_model(
         train = data
     else:
         train, dev = split_dev(data, config.dev_fraction, config.split_seed)
-    per_seed = [finetune_once(model_dir, train, dev, config, seed) for seed in range(seeds)]
+    per_seed = [
+        finetune_once(model_dir, train, dev, config, seed, progress) for seed in range(seeds)
+    ]
     scores = [m["score"] for m in per_seed]
     defined = [s for s in scores if not math.isnan(s)]
     return {
