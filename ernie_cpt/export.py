@@ -48,6 +48,7 @@ def load_run_model(
     from ernie_cpt.config import config_from_dict
     from ernie_cpt.data.tokenization import load_tokenizer
     from ernie_cpt.model import MultiTaskModel
+    from ernie_cpt.model.sharing.export import rebuild_sharing
     from pretrain_tasks import build_task
 
     run_dir = Path(run_dir)
@@ -65,6 +66,7 @@ def load_run_model(
         n: build_task(n, o, tokenizer, config.data.max_seq_length) for n, o in config.tasks.items()
     }
     model = MultiTaskModel(encoder, {n: t.build_head(encoder.config) for n, t in tasks.items()})
+    rebuild_sharing(model, config.sharing, {n: t.level for n, t in tasks.items()})
     stored = load_file(str(checkpoint / ckpt.WEIGHTS))
     # The file holds the whole trained module: the model ("model.*") and loss weighting.
     weights = {k.removeprefix("model."): v for k, v in stored.items() if k.startswith("model.")}
@@ -133,6 +135,11 @@ def write_export(directory: Path, run_dir: Path, model: Any, tokenizer: Any, sav
         if not (getattr(module, "tie_to_word_embeddings", False) and key == "decoder.weight")
     }
     save_file(heads, str(directory / "heads.safetensors"))
+    # A sharing architecture's task-specific top (sharing.json documents it), none for hard.
+    from ernie_cpt.config import config_from_dict
+    from ernie_cpt.model.sharing.export import save_sharing
+
+    save_sharing(model, config_from_dict(saved["config"]).sharing, directory)
     info = {
         "task_ids": saved["train_state"]["task_ids"],
         "tied_to_word_embeddings": [
