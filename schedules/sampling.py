@@ -25,7 +25,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from fractions import Fraction
 
-from schedules.options import OptionsError, Settings, bounded, build_settings, option_names
+from schedules.options import (
+    OptionsError,
+    Settings,
+    bounded,
+    build_settings,
+    coerce,
+    option_names,
+)
 from schedules.types import Schedule, Stage
 from schedules.validation import unknown_name
 
@@ -81,12 +88,16 @@ def positive_option(stage: Stage, key: str, tasks: list[str]) -> dict[str, float
     out = {}
     for task in tasks:
         value = values.get(task)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        try:  # read like every option: "3" and 3 are 3.0; true and null are not numbers
+            number = coerce(value, float, f"sampling_options.{key}[{task!r}]")
+        except OptionsError:
+            number = math.nan
+        if not number > 0:
             raise ValueError(
                 f"stage {stage.name!r}: sampling_options.{key}[{task!r}] must be a number > 0, "
                 f"got {value!r}"
             )
-        out[task] = float(value)
+        out[task] = number
     return out
 
 

@@ -85,3 +85,35 @@ def test_yaml_is_read_safely(tmp_path):
     path.write_text("train: !!python/object/apply:os.system ['echo hacked']\n")
     with pytest.raises(yaml.constructor.ConstructorError):
         load_config(path)
+
+
+FIXED_SAMPLING = [
+    "schedule.kind=multitask",
+    "schedule.iterations_per_task=4",
+    "schedule.sampling=fixed",
+    "schedule.sampling_options={weights: {mlm: 3, sentence_distance: '1'}}",
+]
+
+
+def test_fixed_sampling_with_a_builtin_schedule_from_the_config():
+    from ernie_cpt.training.build import schedule_from_config
+    from schedules import sample_task
+
+    config = load_config(None, ["tasks=[mlm, sentence_distance]", *FIXED_SAMPLING])
+    assert config.schedule.sampling_options == {"weights": {"mlm": 3, "sentence_distance": "1"}}
+    schedule = schedule_from_config(config)
+    (stage,) = schedule.stages
+    assert stage.sampling == "fixed"
+    assert dict(stage.sampling_options["weights"]) == {"mlm": 3, "sentence_distance": "1"}
+    # The sampler draws among tasks with budget left; once mlm's 4 steps are spent, every
+    # remaining step is sentence_distance whatever the weights.
+    consumed = {"mlm": 4, "sentence_distance": 0}
+    assert {sample_task(stage, consumed, step, 0) for step in range(20)} == {"sentence_distance"}
+
+
+def test_fixed_sampling_without_weights_is_a_clear_error():
+    from ernie_cpt.training.build import schedule_from_config
+
+    config = load_config(None, ["tasks=[mlm, sentence_distance]", *FIXED_SAMPLING[:3]])
+    with pytest.raises(ValueError, match="sampling 'fixed' needs sampling_options.weights"):
+        schedule_from_config(config)

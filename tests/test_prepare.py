@@ -72,18 +72,21 @@ def test_entry_point_tasks_are_found_and_unknown_names_get_a_hint(monkeypatch):
     import pretrain_tasks
     from pretrain_tasks.mlm import MLMTask
 
+    class MyObjective(MLMTask):  # an entry point's name must be its class's name
+        name = "my_objective"
+
     class Point:
         name = "my_objective"
 
         def load(self):
-            return MLMTask
+            return MyObjective
 
     monkeypatch.setattr(
         pretrain_tasks,
         "entry_points",
         lambda group: [Point()] if group == pretrain_tasks.ENTRY_POINT_GROUP else [],
     )
-    assert pretrain_tasks.get_task_class("my_objective") is MLMTask
+    assert pretrain_tasks.get_task_class("my_objective") is MyObjective
     with pytest.raises(ValueError, match='did you mean "sentence_distance"'):
         pretrain_tasks.get_task_class("sentence_distanse")
 

@@ -28,6 +28,7 @@ def schedule_from_config(config: RunConfig) -> Schedule:
         s.iterations_per_task,
         s.stages,
         s.sampling,
+        sampling_options=s.sampling_options,
         weighting=s.weighting,
         weighting_options=s.weighting_options,
     )

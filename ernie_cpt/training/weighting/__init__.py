@@ -84,8 +84,11 @@ def build_weighting(
     built: unknown names (with a hint), wrong types and out-of-range values are errors.
     """
     cls = _check_name(name)
-    where = f"loss weighting {name!r}: weighting_options"
-    return cls(tasks, options.build_settings(cls.Settings, weighting_options, where))
+    try:
+        settings = options.build_settings(cls.Settings, weighting_options, "weighting_options")
+    except options.OptionsError as error:
+        raise options.OptionsError(f"loss weighting {name!r}: {error}") from None
+    return cls(tasks, settings)
 
 
 def check_zero_stage(name: str, zero_stage: int) -> None:
