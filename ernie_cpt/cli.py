@@ -47,19 +47,23 @@ def _load(args: argparse.Namespace) -> RunConfig:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Run or resume training."""
-    from ernie_cpt.training.loop import train
+    from ernie_cpt.training.loop import RunOptions, train
 
     config = _load(args)
-    summary = train(
-        config,
-        Path(args.output_dir),
-        max_steps=args.max_steps,
+    options = RunOptions(
         resume=args.resume,
+        overwrite=args.overwrite,
+        trust_checkpoint=args.trust_checkpoint,
         progress=config.logging.progress_bar,
     )
+    try:
+        summary = train(config, Path(args.output_dir), max_steps=args.max_steps, options=options)
+    except KeyboardInterrupt:  # Ctrl-C before the loop (data preparation): no traceback
+        print("ernie-cpt: interrupted", file=sys.stderr)
+        return 130
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps(summary, indent=2))
-    return 0
+    return summary["exit_code"]  # 143 / 130 after a checkpoint on SIGTERM / SIGINT
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
@@ -301,6 +305,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-steps", type=int, default=None, help="stop after this many steps (smoke runs)"
     )
     train.add_argument("--resume", choices=("auto", "must", "never"), default="auto")
+    train.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start a new run in a used directory (the old one moves to DIR.old-<time>)",
+    )
+    train.add_argument(
+        "--trust-checkpoint",
+        action="store_true",
+        help="UNSAFE: unpickle checkpoint files that are not weights-only (old runs you made)",
+    )
     train.set_defaults(func=cmd_train)
 
     prepare = sub.add_parser("prepare", help="prepare per-task datasets and print the data report")

@@ -135,6 +135,9 @@ class TrainConfig:
     # CPU threads of torch (None = torch's default). On a shared or oversubscribed machine,
     # 1 thread per process can be many times faster than the default.
     threads: int | None = None
+    # Halt after this many consecutive steps with a NaN/inf loss or gradient norm (each is
+    # skipped: no update); 0 = never halt.
+    max_nonfinite_steps: int = 10
 
 
 SHARING_KINDS = ("hard", "soft", "cross_stitch", "mmoe", "cgc", "ple", "task_moe")

@@ -10,16 +10,25 @@ Layout of ``<run>/checkpoints``::
     latest                    name of the newest complete checkpoint
 
 A checkpoint is written into ``.tmp-step-...``, its manifest written last, then renamed;
-``latest`` is replaced with ``os.replace``. On resume each candidate is verified against its
-manifest, newest first; a partial or corrupt one is named in the log and skipped.
+``latest`` is replaced with ``os.replace``. On resume each candidate at or before the step
+``latest`` names is verified against its manifest, newest first; a partial or corrupt one is
+named in the log and skipped. A write error (disk full) removes the partial checkpoint and
+stops with one line naming the path and the free space; ``latest`` still names the previous
+checkpoint. Weights that are not finite are never written.
+
+Files are read with ``torch.load(weights_only=True)`` (DeepSpeed's loader included, see
+``make_loads_safe``) allowing three DeepSpeed types besides tensors and plain values; the
+manifest detects accidents, not attackers, so nothing in a checkpoint is ever unpickled.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
 import os
+import pickle
 import random
 import re
 import shutil
@@ -33,6 +42,15 @@ import torch
 from ernie_cpt.training.faults import fault_point
 
 log = logging.getLogger(__name__)
+
+
+class UnsafeCheckpointError(SystemExit):
+    """A checkpoint file that only full unpickling could read (refused)."""
+
+
+class CheckpointWriteError(SystemExit):
+    """A checkpoint could not be written (disk full, permissions): one line for the user."""
+
 
 TAG_PATTERN = re.compile(r"^step-(\d{8})$")
 MANIFEST = "manifest.json"
@@ -127,12 +145,30 @@ def candidates(root: Path) -> list[Path]:
     return sorted(found, key=lambda p: p.name, reverse=True)
 
 
-def newest_valid(root: Path) -> Path | None:
-    """The newest checkpoint that passes ``verify``; bad ones are logged and skipped."""
+def pointer_step(root: Path) -> int | None:
+    """The step the ``latest`` pointer names (None without a usable pointer)."""
     pointer = root / "latest"
-    if pointer.is_file():
-        log.info("checkpoint pointer says %s", pointer.read_text().strip())
+    if not pointer.is_file():
+        return None
+    name = pointer.read_text(encoding="utf-8", errors="replace").strip()
+    match = TAG_PATTERN.match(name)
+    if match is None:
+        log.warning("ignoring checkpoint pointer %s: %r names no checkpoint", pointer, name)
+        return None
+    return int(match.group(1))
+
+
+def newest_valid(root: Path) -> Path | None:
+    """The newest checkpoint at or before the ``latest`` pointer that passes ``verify``.
+
+    Checkpoints after the pointer are not this run's newest (a save interrupted before the
+    pointer moved, or files from elsewhere) and are skipped; bad ones are logged and skipped.
+    """
+    limit = pointer_step(root)
     for directory in candidates(root):
+        if limit is not None and int(directory.name.split("-")[1]) > limit:
+            log.warning("skipping checkpoint %s: after the latest pointer", directory)
+            continue
         problem = verify(directory)
         if problem is None:
             return directory
@@ -147,7 +183,41 @@ def read_state(directory: Path) -> dict[str, Any]:
 
 def load_rng(directory: Path, rank: int) -> dict[str, Any]:
     """This rank's RNG states (tensors and plain values only: weights_only)."""
-    return torch.load(directory / f"rng-rank{rank}.pt", weights_only=True)
+    return safe_load(directory / f"rng-rank{rank}.pt")
+
+
+def deepspeed_safe_globals() -> list[Any]:
+    """The few non-tensor types DeepSpeed writes into its checkpoint files (plain data)."""
+    from deepspeed.runtime.fp16.loss_scaler import LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [LossScaler, ZeroStageEnum, fragment_address]
+
+
+def safe_load(path: str | Path, map_location: Any = None, trust: bool = False) -> Any:
+    """``torch.load(weights_only=True)``; a file needing full unpickling is refused by name.
+
+    ``trust`` (``--trust-checkpoint``) unpickles anyway, loudly: only for files you made.
+    """
+    if trust:
+        log.warning("--trust-checkpoint: UNPICKLING %s; this runs any code the file holds", path)
+        return torch.load(path, map_location=map_location, weights_only=False)
+    try:
+        with torch.serialization.safe_globals(deepspeed_safe_globals()):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:
+        detail = next((line.strip() for line in str(error).splitlines() if "GLOBAL" in line), "")
+        raise UnsafeCheckpointError(
+            f"refusing to load {path}: it holds objects that only full unpickling can read, "
+            f"which can run arbitrary code ({detail or 'not a weights-only file'}). If you made "
+            "this file yourself, --trust-checkpoint loads it anyway"
+        ) from None
+
+
+def make_loads_safe(engine: Any, trust: bool = False) -> None:
+    """Route every file DeepSpeed's ``load_checkpoint`` reads through ``safe_load``."""
+    engine.checkpoint_engine.load = functools.partial(safe_load, trust=trust)
 
 
 def save_rng(directory: Path, rank: int) -> None:
@@ -206,15 +276,56 @@ def save(
     import torch.distributed as dist
 
     tmp = root / f".tmp-{tag_for(step)}"
-    engine.save_checkpoint(str(root), tag=tmp.name, save_latest=False)
-    save_rng(tmp, rank)
-    fault_point("in_save", step)
     weights = consolidated_state_dict(engine)
-    dist.barrier()
     if rank == 0:
-        save_weights(weights, tmp / WEIGHTS)
-        finalize(tmp, root, step, state, keep, protected)
+        check_finite(weights, step)
+    try:
+        engine.save_checkpoint(str(root), tag=tmp.name, save_latest=False)
+        save_rng(tmp, rank)
+        fault_point("in_save", step)
+        dist.barrier()
+        if rank == 0:
+            save_weights(weights, tmp / WEIGHTS)
+            finalize(tmp, root, step, state, keep, protected)
+    except (OSError, RuntimeError) as error:
+        if isinstance(error, RuntimeError) and not is_write_error(error):
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise CheckpointWriteError(write_error_message(tmp, error)) from None
     dist.barrier()
+
+
+def check_finite(weights: Mapping[str, Any] | None, step: int) -> None:
+    """Refuse to checkpoint weights holding NaN or infinity (names the first such tensor)."""
+    for key, tensor in (weights or {}).items():
+        if isinstance(tensor, torch.Tensor) and tensor.is_floating_point():
+            if not bool(torch.isfinite(tensor).all()):
+                raise SystemExit(
+                    f"not writing the checkpoint of step {step}: parameter {key} is not "
+                    "finite; the previous checkpoint is the newest valid one"
+                )
+
+
+def is_write_error(error: RuntimeError) -> bool:
+    """Whether torch's zip writer reported a failed write (it wraps ENOSPC this way)."""
+    text = str(error).lower()
+    return "unexpected pos" in text or "write" in text
+
+
+def write_error_message(path: Path, error: BaseException) -> str:
+    """One line naming the path, the error and the free space of its file system."""
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        free = f"{shutil.disk_usage(probe).free / 2**20:.1f} MiB free"
+    except OSError:
+        free = "free space unknown"
+    reason = os.strerror(error.errno) if getattr(error, "errno", None) else str(error)
+    return (
+        f"cannot write checkpoint {path}: {reason} ({free} on that file system); "
+        "the previous checkpoint is still the newest valid one"
+    )
 
 
 def consolidated_state_dict(engine: Any) -> dict[str, torch.Tensor] | None:

@@ -155,15 +155,71 @@ def parameter_groups(module: nn.Module, weight_decay: float) -> list[dict[str, A
     ]
 
 
-def build_engine(module: nn.Module, train: TrainConfig, total_steps: int, world_size: int) -> Any:
-    """``deepspeed.initialize`` on ``module``; returns the engine (optimizer and LR inside)."""
+def build_engine(
+    module: nn.Module,
+    train: TrainConfig,
+    total_steps: int,
+    world_size: int,
+    trust_checkpoint: bool = False,
+) -> Any:
+    """``deepspeed.initialize`` on ``module``; returns the engine (optimizer and LR inside).
+
+    The engine's checkpoint loader is replaced by ``checkpoint.safe_load``: DeepSpeed's own
+    unpickles whatever a checkpoint file holds (``weights_only=False``).
+    """
     import deepspeed
+
+    from ernie_cpt.training.checkpoint import make_loads_safe
 
     config = deepspeed_config(train, total_steps, world_size)
     engine, *_ = deepspeed.initialize(
         model=module, model_parameters=parameter_groups(module, train.weight_decay), config=config
     )
+    make_loads_safe(engine, trust_checkpoint)
     return engine
+
+
+def _skip_patches(optimizer: Any) -> dict[str, Any]:
+    """Instance attributes that make ``optimizer`` take its own overflow path: no update."""
+    if hasattr(optimizer, "check_grad_overflow") and hasattr(optimizer, "has_overflow"):
+        # ZeRO 1-2: its step() checks overflow first and, on overflow, clears the gradients
+        return {"check_grad_overflow": True, "has_overflow": lambda *args, **kwargs: True}
+    if hasattr(optimizer, "_overflow_check_and_loss_scale_update"):  # ZeRO 3
+
+        def overflowed(update_scale: bool = True) -> bool:
+            optimizer.overflow = True
+            return optimizer._loss_scale_update_and_overflow_cleanup() if update_scale else True
+
+        return {"_overflow_check_and_loss_scale_update": overflowed}
+
+    def no_step(*args: Any, **kwargs: Any) -> None:  # ZeRO 0: torch optimizer or BF16_Optimizer
+        optimizer.overflow = True
+        for clear in ("clear_hp_grads", "clear_lp_grads"):
+            if hasattr(optimizer, clear):
+                getattr(optimizer, clear)()
+
+    return {"step": no_step}
+
+
+def skip_update(engine: Any) -> None:
+    """The accumulation boundary's ``engine.step()`` without an update: gradients are dropped
+    and weights, Adam moments and the LR schedule stay as they were (DeepSpeed's own overflow
+    path, counted in ``engine.skipped_steps``). Every rank must call it together."""
+    optimizer = engine.optimizer
+    had_overflow = "overflow" in vars(optimizer) or hasattr(type(optimizer), "overflow")
+    patches = _skip_patches(optimizer)
+    saved = {k: vars(optimizer)[k] for k in patches if k in vars(optimizer)}
+    vars(optimizer).update(patches)
+    try:
+        engine.step()
+    finally:
+        for key in patches:
+            vars(optimizer).pop(key, None)
+        vars(optimizer).update(saved)
+        if had_overflow:
+            optimizer.overflow = False
+        else:
+            vars(optimizer).pop("overflow", None)
 
 
 def all_reduce_sum(values: Iterable[float]) -> list[float]:

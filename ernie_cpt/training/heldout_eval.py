@@ -3,6 +3,11 @@
 Each task reads the first ``eval_batches`` batches of its held-out split in a fixed order
 with a fixed masking seed, so numbers are comparable across steps, stages and schedules.
 Statistics are summed over batches and ranks before the task turns them into metrics.
+
+Collectives are unconditional: every rank runs the same number of forwards per task (a rank
+whose share is shorter repeats a batch whose statistics count zero; under ZeRO-3 a forward
+is itself collective) and all-reduces the same keys in the same order, even when a held-out
+split has fewer examples than there are ranks.
 """
 
 from __future__ import annotations
@@ -31,6 +36,19 @@ def eval_batches(
     ]
 
 
+def padded_batches(
+    dataset: Any, batch_size: int, count: int, rank: int, world_size: int
+) -> list[tuple[list[int], float]]:
+    """(indices, weight) of this rank's batches, padded to the longest rank's number with
+    weight-0 repeats of the split's first batch (empty when the split is empty)."""
+    own = eval_batches(dataset, batch_size, count, rank, world_size)
+    longest = max(
+        len(eval_batches(dataset, batch_size, count, r, world_size)) for r in range(world_size)
+    )
+    filler = list(range(min(batch_size, len(dataset))))
+    return [(b, 1.0) for b in own] + [(filler, 0.0)] * (longest - len(own))
+
+
 @torch.no_grad()
 def evaluate(
     engine: Any,
@@ -45,23 +63,8 @@ def evaluate(
     results: dict[str, dict[str, float]] = {}
     try:
         for name, task in data.tasks.items():
-            dataset = data.heldout[name]
-            stats: dict[str, dict[str, float]] = {}
-            for number, indices in enumerate(
-                eval_batches(dataset, train.micro_batch_size, train.eval_batches, rank, world_size)
-            ):
-                generator = torch.Generator().manual_seed(EVAL_SEED + number)
-                examples = dataset[indices]
-                batch = task.collate(examples, generator)
-                batch["task_type_ids"] = torch.full_like(batch["input_ids"], task_ids[name])
-                batch = {k: v.to(device()) for k, v in batch.items()}
-                _, losses, _ = engine(batch, [name], 0)
-                merge_stats(stats, reduce_stats(losses))
-            keys = sorted(stats.get(name, {}))
-            summed = (
-                dict(zip(keys, all_reduce_sum(stats[name][k] for k in keys), strict=True))
-                if keys
-                else {}
+            summed = task_statistics(
+                engine, task, name, data.heldout[name], task_ids, train, rank, world_size
             )
             if summed.get("sample_size", 0) > 0:
                 metrics = task.metrics(summed)
@@ -69,3 +72,30 @@ def evaluate(
     finally:
         engine.train()
     return results
+
+
+def task_statistics(
+    engine: Any,
+    task: Any,
+    name: str,
+    dataset: Any,
+    task_ids: Mapping[str, int],
+    train: TrainConfig,
+    rank: int,
+    world_size: int,
+) -> dict[str, float]:
+    """One task's statistics summed over its held-out batches and over ranks (collective)."""
+    stats: dict[str, dict[str, float]] = {}
+    batches = padded_batches(dataset, train.micro_batch_size, train.eval_batches, rank, world_size)
+    for number, (indices, weight) in enumerate(batches):
+        generator = torch.Generator().manual_seed(EVAL_SEED + number)
+        batch = task.collate(dataset[indices], generator)
+        batch["task_type_ids"] = torch.full_like(batch["input_ids"], task_ids[name])
+        batch = {k: v.to(device()) for k, v in batch.items()}
+        _, losses, _ = engine(batch, [name], 0)
+        reduced = reduce_stats(losses)
+        merge_stats(stats, {t: {k: v * weight for k, v in s.items()} for t, s in reduced.items()})
+    keys = sorted(stats.get(name, {}))  # the same on every rank: every rank ran the same batches
+    return (
+        dict(zip(keys, all_reduce_sum(stats[name][k] for k in keys), strict=True)) if keys else {}
+    )

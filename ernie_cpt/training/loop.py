@@ -9,6 +9,8 @@ bit on CPU.
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,12 +22,18 @@ from ernie_cpt.training.build import build_schedule_for, schedule_from_config
 from ernie_cpt.training.faults import fault_point
 from ernie_cpt.training.gradient_telemetry import gradient_telemetry
 from ernie_cpt.training.heldout_eval import evaluate
+from ernie_cpt.training.run_dir import locked
 from ernie_cpt.training.run_log import JsonlLog, WandbRun, flat_metrics
-from ernie_cpt.training.run_setup import Run, setup
+from ernie_cpt.training.run_setup import Run, RunOptions, setup
+from ernie_cpt.training.signals import StopRequest
 from ernie_cpt.training.step import StepResult, telemetry_batches, train_step
 from schedules import sample_task
 
-__all__ = ["build_schedule_for", "schedule_from_config", "train"]
+__all__ = ["RunOptions", "TrainingHalted", "build_schedule_for", "schedule_from_config", "train"]
+
+
+class TrainingHalted(SystemExit):
+    """Too many consecutive non-finite steps: the run stops without a checkpoint (exit 1)."""
 
 
 @dataclass
@@ -84,6 +92,20 @@ def record_step(run: Run, stage_index: int, result: StepResult, seconds: float) 
     state.tokens += result.tokens
     state.step += 1
     state.elapsed += seconds
+    state.nonfinite_steps += 0 if result.finite else 1
+    state.nonfinite_streak = 0 if result.finite else state.nonfinite_streak + 1
+
+
+def check_streak(run: Run) -> None:
+    """Halt after ``train.max_nonfinite_steps`` non-finite steps in a row (none checkpointed)."""
+    streak, limit = run.state.nonfinite_streak, run.config.train.max_nonfinite_steps
+    if streak and limit and streak >= limit:
+        first = run.state.step - streak + 1
+        raise TrainingHalted(
+            f"halting: {streak} consecutive steps ({first}-{run.state.step}) had a non-finite "
+            "loss or gradient norm and were skipped; no checkpoint was written after them. "
+            "Lower train.lr, check the data, or raise train.max_nonfinite_steps"
+        )
 
 
 def step_row(run: Run, stage_index: int, result: StepResult, seconds: float) -> dict[str, Any]:
@@ -101,6 +123,8 @@ def step_row(run: Run, stage_index: int, result: StepResult, seconds: float) -> 
         "step_tokens": result.tokens,
         "tokens_per_s": result.tokens / seconds if seconds > 0 else 0.0,
         "samples": result.samples,
+        "skipped": not result.finite,
+        "nonfinite_steps": state.nonfinite_steps,
     }
     sharing = run.engine.module.model.sharing_telemetry()  # before telemetry's forwards
     if sharing:
@@ -120,7 +144,8 @@ def log_step(run: Run, logs: Logs, row: dict[str, Any]) -> None:
         logs.wandb.log_matrix("grad/cosine", row["grad"]["cosine"], run.state.step)
     if logs.metrics is not None:
         logs.metrics.write(row)
-    logs.wandb.log(flat_metrics(row), run.state.step)
+    extra = {"train/skipped": int(row["skipped"]), "train/nonfinite_steps": row["nonfinite_steps"]}
+    logs.wandb.log({**flat_metrics(row), **extra}, run.state.step)
 
 
 def save(run: Run) -> None:
@@ -145,8 +170,9 @@ def save(run: Run) -> None:
     )
 
 
-def after_step(run: Run, logs: Logs, stage_index: int, stop: int) -> None:
-    """Evaluate at stage ends (and every ``eval_every``), checkpoint when one is due."""
+def after_step(run: Run, logs: Logs, stage_index: int, stop: int, signalled: bool) -> None:
+    """Evaluate at stage ends (and every ``eval_every``), checkpoint when one is due or a stop
+    signal arrived."""
     step, train_config = run.state.step, run.config.train
     stage_end = step == run.schedule.boundaries[stage_index + 1]
     if stage_end:
@@ -154,7 +180,7 @@ def after_step(run: Run, logs: Logs, stage_index: int, stop: int) -> None:
         logs.wandb.log({"schedule/stage_end": stage_index}, step)
     elif train_config.eval_every and step % train_config.eval_every == 0:
         run_evaluation(run, logs, stage_index, "periodic")
-    if stage_end or step % train_config.checkpoint_every == 0 or step == stop:
+    if stage_end or step % train_config.checkpoint_every == 0 or step == stop or signalled:
         save(run)
 
 
@@ -173,12 +199,27 @@ def train(
     max_steps: int | None = None,
     resume: str = "auto",
     progress: bool = True,
+    options: RunOptions | None = None,
 ) -> dict[str, Any]:
-    """Run (or continue) the configured schedule; returns a summary."""
-    run = setup(config, Path(run_dir), resume, progress)
+    """Run (or continue) the configured schedule; returns a summary (``exit_code`` set)."""
+    options = options or RunOptions(resume=resume, progress=progress)
+    with locked(Path(run_dir), enabled=int(os.environ.get("RANK", "0")) == 0):
+        run = setup(config, Path(run_dir), options)
+        stop = run.schedule.total_steps if max_steps is None else max_steps
+        logs = open_logs(run)
+        signals = StopRequest().install()
+        try:
+            signum = loop(run, logs, min(stop, run.schedule.total_steps), signals)
+        finally:
+            signals.restore()
+        summary = finish(run, logs, signum)
+        _shutdown()
+    return summary
+
+
+def loop(run: Run, logs: Logs, stop: int, signals: StopRequest) -> int:
+    """Steps until ``stop`` (or a stop signal: returns its number, else 0)."""
     state, schedule = run.state, run.schedule
-    stop = min(schedule.total_steps, max_steps) if max_steps is not None else schedule.total_steps
-    logs = open_logs(run)
     if state.step == 0:
         run_evaluation(run, logs, -1, "initial")  # the initial model: b[j]
     bar = progress_bar(run, stop)
@@ -187,22 +228,24 @@ def train(
         stage_index = schedule.stage_at(step)
         stage = schedule.stages[stage_index]
         consumed = state.consumed.get(str(stage_index), {})
-        task = sample_task(stage, consumed, step, config.schedule.seed)
-        result = train_step(run, task, stage, step)
+        task = sample_task(stage, consumed, step, run.config.schedule.seed)
+        result = train_step(run, task, stage, step, signals.signum)
         seconds = time.perf_counter() - started
         record_step(run, stage_index, result, seconds)
         log_step(run, logs, step_row(run, stage_index, result, seconds))
+        check_streak(run)
         fault_point("after_step", state.step)
         bar.update(1)
         bar.set_postfix(stage=stage_index, task=task, loss=f"{sum(result.losses.values()):.3f}")
-        after_step(run, logs, stage_index, stop)
+        after_step(run, logs, stage_index, stop, result.stop)
+        if result.stop:
+            bar.close()
+            return signals.signum or signal.SIGTERM
     bar.close()
-    summary = finish(run, logs)
-    _shutdown()
-    return summary
+    return 0
 
 
-def finish(run: Run, logs: Logs) -> dict[str, Any]:
+def finish(run: Run, logs: Logs, signum: int = 0) -> dict[str, Any]:
     """Export a completed run (rank 0), close the logs; returns the run's summary."""
     state, schedule = run.state, run.schedule
     summary: dict[str, Any] = {
@@ -210,7 +253,11 @@ def finish(run: Run, logs: Logs) -> dict[str, Any]:
         "total_steps": schedule.total_steps,
         "tokens": state.tokens,
         "elapsed_s": round(state.elapsed, 2),
+        "nonfinite_steps": state.nonfinite_steps,
+        "exit_code": StopRequest.exit_code(signum) if signum else 0,
     }
+    if signum:
+        summary["stopped_by"] = signal.Signals(signum).name
     if run.rank == 0 and state.step == schedule.total_steps:
         from ernie_cpt.export import export_run
 

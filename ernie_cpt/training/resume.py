@@ -1,4 +1,6 @@
-"""Resume compatibility: which checkpoint resumes a run, and whether the config may resume it.
+"""Resume compatibility: whether a config (and world size) may resume a checkpoint.
+
+Which checkpoint resumes a run is ``run_dir.choose_checkpoint``'s decision.
 
 A checkpoint can be resumed by a config that agrees with it on every key in ``RESUME_KEYS``
 (and on the tokenizer's vocabulary). Tasks may be added at the end of a stage when the stages
@@ -15,7 +17,6 @@ from typing import Any
 
 from ernie_cpt.config import RunConfig, diff_configs, flatten
 from ernie_cpt.data.prepare import PreparedData
-from ernie_cpt.training import checkpoint as ckpt
 from ernie_cpt.training.add_tasks import transfer
 from ernie_cpt.training.build import build_module
 from ernie_cpt.training.engine import build_engine
@@ -42,21 +43,6 @@ RESUME_KEYS = (
 )
 
 
-def resume_checkpoint(root: Path, mode: str) -> Path | None:
-    """The checkpoint to resume from under ``--resume auto|must|never``."""
-    if mode not in ("auto", "must", "never"):
-        raise ValueError(f"--resume must be auto, must or never, got {mode!r}")
-    if mode == "never":
-        return None
-    ckpt.clean_partial(root)
-    found = ckpt.newest_valid(root)
-    if found is None and mode == "must":
-        raise SystemExit(f"--resume must: no valid checkpoint under {root}")
-    if found is None:
-        log.warning("no valid checkpoint under %s: starting fresh", root)
-    return found
-
-
 def added_tasks(saved: Mapping[str, Any], config: RunConfig) -> list[str]:
     """Tasks the config adds to a checkpoint's run (the old ones must all still be there)."""
     old = list(saved["config"]["tasks"])
@@ -77,6 +63,20 @@ def resume_relevant(tree: Mapping[str, Any], ignored: tuple[str, ...]) -> dict[s
         for k, v in flatten(tree).items()
         if any(_under(k, p) for p in RESUME_KEYS) and not any(_under(k, p) for p in ignored)
     }
+
+
+def check_world_size(saved: Mapping[str, Any], world_size: int) -> None:
+    """Refuse a checkpoint written by another number of processes.
+
+    Its data cursors are per rank and its global batch is per-rank batch x ranks: resuming
+    with another world size would repeat or skip examples and change the batch.
+    """
+    old = saved.get("world_size")
+    if old is not None and old != world_size:
+        raise SystemExit(
+            f"cannot resume: the checkpoint was written by {old} processes and this run has "
+            f"{world_size}; resume with {old} processes"
+        )
 
 
 def check_compatible(
@@ -117,7 +117,12 @@ def check_schedule_prefix(old: Schedule, new: Schedule, step: int) -> None:
 
 
 def load_with_added_tasks(
-    config: RunConfig, data: PreparedData, saved: Mapping[str, Any], checkpoint: Path, engine: Any
+    config: RunConfig,
+    data: PreparedData,
+    saved: Mapping[str, Any],
+    checkpoint: Path,
+    engine: Any,
+    trust_checkpoint: bool = False,
 ) -> None:
     """Load the checkpoint into an engine of the old shape, then move its state into ``engine``."""
     import torch.distributed as dist
@@ -125,6 +130,8 @@ def load_with_added_tasks(
     old_schedule = Schedule.from_dict(saved["schedule"])
     rows = max(saved["train_state"]["task_ids"].values()) + 1
     module = build_module(config, data, list(saved["config"]["tasks"]), old_schedule, rows)
-    old_engine = build_engine(module, config.train, old_schedule.total_steps, dist.get_world_size())
+    old_engine = build_engine(
+        module, config.train, old_schedule.total_steps, dist.get_world_size(), trust_checkpoint
+    )
     old_engine.load_checkpoint(str(checkpoint.parent), tag=checkpoint.name)
     transfer(old_engine, engine)

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from ernie_cpt.config import RunConfig, save_config
@@ -23,6 +25,7 @@ from ernie_cpt.training import checkpoint as ckpt
 from ernie_cpt.training import resume
 from ernie_cpt.training.build import build_module, build_schedule_for, build_streams
 from ernie_cpt.training.engine import build_engine, init_distributed
+from ernie_cpt.training.run_dir import choose_checkpoint
 from ernie_cpt.training.train_module import describe
 from pretrain_tasks.base import stable_seed
 from schedules import Schedule
@@ -44,6 +47,8 @@ class TrainState:
     task_ids: dict[str, int] = field(default_factory=dict)
     run_id: str = ""
     elapsed: float = 0.0
+    nonfinite_steps: int = 0  # steps skipped for a NaN/inf loss or gradient norm, in all
+    nonfinite_streak: int = 0  # ... and in a row up to now
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form."""
@@ -63,32 +68,67 @@ class Run:
     engine: Any
     streams: dict[str, TaskStream]
     state: TrainState
+    trust_checkpoint: bool = False
 
 
-def setup(config: RunConfig, run_dir: Path, resume_mode: str, progress: bool) -> Run:
+@dataclass(frozen=True)
+class RunOptions:
+    """How ``train`` was asked to treat the run directory and its checkpoints."""
+
+    resume: str = "auto"  # auto | must | never
+    overwrite: bool = False  # move an existing run aside and start a new one
+    trust_checkpoint: bool = False  # unpickle checkpoint files (old runs you made yourself)
+    progress: bool = True
+
+
+def seed_everything(seed: int, rank: int) -> None:
+    """Seed torch (the model's initialisation) and python's and numpy's global RNGs (per rank)."""
+    torch.manual_seed(stable_seed(seed, "init") % 2**63)
+    random.seed(stable_seed(seed, "python", rank))
+    np.random.seed(stable_seed(seed, "numpy", rank) % 2**32)
+
+
+def find_checkpoint(run_dir: Path, options: RunOptions, rank: int) -> Path | None:
+    """Rank 0 applies the run-directory rules; every rank then reads its decision."""
+    import torch.distributed as dist
+
+    decision: list[Any] = [None]
+    if rank == 0:
+        found = choose_checkpoint(run_dir, options.resume, options.overwrite)
+        decision = [str(found) if found else ""]
+    if dist.get_world_size() > 1:
+        dist.broadcast_object_list(decision, src=0)
+    return Path(decision[0]) if decision[0] else None
+
+
+def setup(config: RunConfig, run_dir: Path, options: RunOptions) -> Run:
     """Process group, data, model, engine and (possibly restored) state."""
     if config.train.grad_telemetry_every and config.train.zero_stage == 3:
         raise ValueError("train.grad_telemetry_every needs full parameters: use ZeRO stage 0-2")
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
     rank, world_size = init_distributed()
-    torch.manual_seed(stable_seed(config.train.seed, "init") % 2**63)
+    seed_everything(config.train.seed, rank)
     run_dir.mkdir(parents=True, exist_ok=True)
     # before any expensive work: --resume must fails fast
-    found = resume.resume_checkpoint(run_dir / "checkpoints", resume_mode)
-    data = _prepare_on_rank_zero(config, rank, progress)
+    found = find_checkpoint(run_dir, options, rank)
+    data = _prepare_on_rank_zero(config, rank, options.progress)
     schedule = build_schedule_for(config, {name: len(ds) for name, ds in data.train.items()})
     saved = ckpt.read_state(found) if found is not None else None
     added = resume.added_tasks(saved, config) if saved else []
     if saved:
+        resume.check_world_size(saved, world_size)
         resume.check_compatible(saved, config, data, added)
     task_ids = dict(saved["train_state"]["task_ids"]) if saved else {}
     for name in schedule.tasks:  # a task keeps its id for life; new tasks get the next ones
         task_ids.setdefault(name, len(task_ids))
     module = build_module(config, data, list(config.tasks), schedule, max(task_ids.values()) + 1)
-    engine = build_engine(module, config.train, schedule.total_steps, world_size)
+    engine = build_engine(
+        module, config.train, schedule.total_steps, world_size, options.trust_checkpoint
+    )
     streams = build_streams(config, data, rank, world_size)
     run = Run(config, run_dir, rank, world_size, data, schedule, engine, streams, TrainState())
+    run.trust_checkpoint = options.trust_checkpoint
     run.state = TrainState(task_ids=task_ids, run_id=uuid.uuid4().hex[:12])
     if saved:
         restore(run, saved, found, added)
@@ -103,7 +143,9 @@ def restore(run: Run, saved: Mapping[str, Any], found: Path, added: list[str]) -
         resume.check_schedule_prefix(
             Schedule.from_dict(saved["schedule"]), run.schedule, saved["train_state"]["step"]
         )
-        resume.load_with_added_tasks(run.config, run.data, saved, found, run.engine)
+        resume.load_with_added_tasks(
+            run.config, run.data, saved, found, run.engine, run.trust_checkpoint
+        )
         log.info("added tasks %s to the run", added)
     else:
         run.engine.load_checkpoint(str(found.parent), tag=found.name)
@@ -113,7 +155,7 @@ def restore(run: Run, saved: Mapping[str, Any], found: Path, added: list[str]) -
     for name, stream in run.streams.items():
         stream.load_state(run.state.cursors.get(name, stream.state()))
     ckpt.set_rng_state(ckpt.load_rng(found, run.rank))
-    log.info("resumed from %s at step %d", found, run.state.step)
+    log.info("resumed from %s at step %d (run %s)", found, run.state.step, run.state.run_id)
 
 
 def write_run_files(run: Run) -> None:
