@@ -68,10 +68,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_prepare(args: argparse.Namespace) -> int:
     """Build (or find cached) per-task example datasets and print the data report."""
-    from ernie_cpt.data.prepare import prepare_data
+    from ernie_cpt.data.prepare import parse_shard, prepare_data
 
     config = _load(args)
-    data = prepare_data(config, cache_dir=Path(args.cache_dir) if args.cache_dir else None)
+    shard = parse_shard(args.shard) if args.shard else None
+    cache_dir = Path(args.cache_dir) if args.cache_dir else None
+    data = prepare_data(config, cache_dir=cache_dir, shard=shard)
     print(json.dumps(data.report, indent=2))
     print(f"prepared data: {data.root}", file=sys.stderr)
     return 0
@@ -320,6 +322,9 @@ def build_parser() -> argparse.ArgumentParser:
     prepare = sub.add_parser("prepare", help="prepare per-task datasets and print the data report")
     _config_args(prepare)
     prepare.add_argument("--cache-dir", default=None)
+    prepare.add_argument(
+        "--shard", default=None, help="i/N: prepare only the i-th of N parts (one job each)"
+    )
     prepare.set_defaults(func=cmd_prepare)
 
     export = sub.add_parser("export", help="export a run as a Hugging Face model directory")

@@ -77,6 +77,10 @@ class DataConfig:
     max_sentence_chars: int = 2000
     # Longer documents are skipped (and counted) before sentence splitting.
     max_document_chars: int = 5_000_000
+    # sentencex (fast, default) | pysbd (the splitter before data-format version 2).
+    sentence_splitter: str = "sentencex"
+    # A task with no examples: "error" (list every such task) | "skip" (drop it, warn).
+    on_empty_task: str = "error"
     num_proc: int = 1
     # Where prepared datasets are cached (None = <output-dir>/../.cache or ~/.cache).
     cache_dir: str | None = None

@@ -12,6 +12,17 @@ project page is empty once markup is removed) are read with gensim's ``extract_p
 (see ``clean_wiki_text``). Licenses: the Wikipedia text is CC BY-SA (Wikipedia contributors,
 https://en.wikipedia.org); gensim is LGPL-2.1. Nothing is downloaded.
 
+JSON Lines (and JSON arrays) are read here, line by line, not by pyarrow's JSON reader (one
+bad line there refuses the whole file, and a deeply nested value crashes it): a line that is
+not valid JSON is skipped as ``invalid_json``, one that is not an object as
+``not_an_object``, one nested deeper than Python's parser allows as ``too_deeply_nested``,
+and one whose text is present but not a string as ``non_string_text``; their
+``file:line`` locations (the first ``BAD_LINE_EXAMPLES`` per reason) go to
+``data_report.json`` under ``documents.bad_lines``. Invalid UTF-8 is replaced (U+FFFD) and
+counted. The rows are written once to an Arrow file that is memory-mapped from then on.
+Plain-text files read one document per file get the file name (without suffixes,
+underscores as spaces) as title.
+
 ``build_documents`` applies, per record, in order: text missing -> skip ``missing_text``;
 not a string -> ``non_string_text``; empty or whitespace only -> ``empty_document``; longer
 than ``max_document_chars`` -> ``document_too_long``; then ``segmentation.segment_text``
@@ -23,8 +34,8 @@ from __future__ import annotations
 
 import bz2
 import codecs
-import collections
 import contextlib
+import dataclasses
 import functools
 import gzip
 import hashlib
@@ -32,7 +43,9 @@ import importlib.metadata
 import importlib.util
 import json
 import lzma
+import os
 import re
+import shutil
 import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -40,14 +53,21 @@ from pathlib import Path
 from typing import Any
 
 import datasets
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ernie_cpt.config import DataConfig, did_you_mean
-from ernie_cpt.data.segmentation import segment_text
+from ernie_cpt.config import ConfigError, DataConfig, did_you_mean
+from ernie_cpt.data.segmentation import SENTENCE_SPLITTERS, segment_text
 
-# Bump when the reading/cleaning/splitting rules change, so cached documents are rebuilt.
-PIPELINE_VERSION = 1
+# The data-format version: bump when the reading/cleaning/splitting rules change, so cached
+# documents (and everything prepared from them) are rebuilt. 2: sentencex, own JSON reader.
+PIPELINE_VERSION = 2
+
+
+class DataError(ConfigError):
+    """A problem with the user's data (corpus, tokenizer directory, empty tasks)."""
+
 
 DOCUMENT_FEATURES = datasets.Features(
     {
@@ -70,7 +90,11 @@ _BOOKKEEPING_FEATURES = {
     "_characters": datasets.Value("int64"),
     "_long_sentence_pieces": datasets.Value("int64"),
 }
+# Reasons found while reading JSON lines, before documents are built.
+LINE_SKIP_REASONS = ("invalid_json", "not_an_object", "too_deeply_nested")
+BAD_LINE_EXAMPLES = 100
 SKIP_REASONS = (
+    *LINE_SKIP_REASONS,
     "missing_text",
     "non_string_text",
     "empty_document",
@@ -226,19 +250,47 @@ BUILTIN_CORPORA: dict[str, BuiltinCorpus] = {
 # --------------------------------------------------------------------------- raw corpus
 
 
+@dataclass
+class BadLines:
+    """Input lines skipped before any document is built: counts and ``file:line`` examples."""
+
+    counts: dict[str, int]
+    locations: dict[str, list[str]]
+    # JSON only: the keys records held (first 100 seen), to name them when the text is missing.
+    columns: list[str] | None = None
+
+    @classmethod
+    def none(cls) -> BadLines:
+        """No bad line."""
+        return cls({reason: 0 for reason in LINE_SKIP_REASONS}, {})
+
+    def add(self, reason: str, location: str) -> None:
+        """Count one bad line (and keep its location among the first few)."""
+        self.counts[reason] = self.counts.get(reason, 0) + 1
+        kept = self.locations.setdefault(reason, [])
+        if len(kept) < BAD_LINE_EXAMPLES:
+            kept.append(location)
+
+
 def load_raw_corpus(config: DataConfig) -> datasets.Dataset:
     """Read ``config.corpus`` into a ``datasets.Dataset`` of raw records (see module doc)."""
+    return read_raw_corpus(config)[0]
+
+
+def read_raw_corpus(config: DataConfig) -> tuple[datasets.Dataset, BadLines]:
+    """The raw records and the input lines skipped while reading them."""
     corpus = config.corpus
+    bad = BadLines.none()
     if corpus.startswith("builtin:"):
         dataset = _load_builtin(corpus)
     elif Path(corpus).expanduser().exists():
-        dataset = _load_local(Path(corpus).expanduser(), config)
+        dataset, bad = _load_local(Path(corpus).expanduser(), config)
     elif _looks_like_path(corpus):
-        raise ValueError(f"corpus {corpus!r}: no such file or folder")
+        raise DataError(f"corpus {corpus!r}: no such file or folder")
     else:
         dataset = _load_hub(corpus, config.split, _datasets_cache_dir(config))
     _check_text_field(dataset, config)
-    return dataset
+    return dataset, bad
 
 
 def _load_builtin(name: str) -> datasets.Dataset:
@@ -302,17 +354,19 @@ def _datasets_cache_dir(config: DataConfig) -> str | None:
     )
 
 
-def _load_local(path: Path, config: DataConfig) -> datasets.Dataset:
+def _load_local(path: Path, config: DataConfig) -> tuple[datasets.Dataset, BadLines]:
     if is_saved_dataset(path):
-        return _load_saved(path, config)
+        return _load_saved(path, config), BadLines.none()
     files, builder = corpus_files(path, config.format)
     cache_dir = _datasets_cache_dir(config)
     if builder == "text":
-        return _load_text(files, path, config)
+        return _load_text(files, path, config), BadLines.none()
     if builder == "json":
-        return _load_json(files, cache_dir)
+        if all(_can_stream(f) for f in files):
+            return read_json_records(files, path, config)
+        return _load_json(files, cache_dir), BadLines.none()  # .zst: datasets' reader
     kwargs = {"encoding_errors": "replace"} if builder == "csv" else {}
-    return _load_files(builder, files, cache_dir=cache_dir, **kwargs)
+    return _load_files(builder, files, cache_dir=cache_dir, **kwargs), BadLines.none()
 
 
 def _load_saved(path: Path, config: DataConfig) -> datasets.Dataset:
@@ -405,9 +459,13 @@ def _load_text(files: list[Path], root: Path, config: DataConfig) -> datasets.Da
         dataset.rename_column("text", config.text_field) if config.text_field != "text" else dataset
     )
     if config.text_sample_by == "document" and len(dataset) == len(files):
-        # One row per file, in file order: the relative path is a stable id.
+        # One row per file, in file order: the relative path is a stable id, the file name
+        # (suffixes off, underscores as spaces) the title.
         names = [f.name if root.is_file() else f.relative_to(root).as_posix() for f in files]
         dataset = dataset.add_column(config.id_field, names)
+        if config.title_field not in dataset.column_names:
+            titles = [" ".join(f.name.split(".")[0].replace("_", " ").split()) for f in files]
+            dataset = dataset.add_column(config.title_field, titles)
     return dataset
 
 
@@ -430,6 +488,165 @@ def _load_json(files: list[Path], cache_dir: str | None) -> datasets.Dataset:
     return _load_files("json", repaired, cache_dir=cache_dir)
 
 
+_OPENERS: dict[str, Callable[[Path], Any]] = {
+    ".gz": gzip.open,
+    ".bz2": bz2.open,
+    ".xz": lzma.open,
+}
+# Rows are written to Arrow in batches of this many.
+_RECORD_BATCH_ROWS = 4096
+# Bump when read_json_records changes what it writes.
+_JSON_READER_VERSION = 1
+
+
+def _can_stream(file: Path) -> bool:
+    """Whether the file is plain or compressed in a way the standard library reads."""
+    suffix = file.suffix.lower()
+    return suffix not in COMPRESSION_SUFFIXES or suffix in _OPENERS
+
+
+def _open_binary(file: Path) -> Any:
+    """The file's (decompressed) bytes as a binary stream, decompressing as it is read."""
+    return _OPENERS.get(file.suffix.lower(), Path.open)(file, "rb")
+
+
+def read_json_records(
+    files: list[Path], root: Path, config: DataConfig
+) -> tuple[datasets.Dataset, BadLines]:
+    """JSON Lines (or JSON array) files -> a memory-mapped Arrow dataset of id/title/text.
+
+    Written once per (files, fields) identity under datasets' cache, with the bad-line
+    report beside it; see the module doc for what is skipped.
+    """
+    fields = (config.id_field, config.title_field, config.text_field)
+    limit = config.max_documents
+    identity = [_JSON_READER_VERSION, fields, limit] + [
+        [str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns] for f in files
+    ]
+    key = hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:16]
+    cache = Path(_datasets_cache_dir(config) or datasets.config.HF_DATASETS_CACHE)
+    target = cache / "ernie_cpt_json" / key
+    if not (target / "bad_lines.json").exists():
+        tmp = target.with_name(f".tmp-{key}-{os.getpid()}")
+        tmp.mkdir(parents=True, exist_ok=True)
+        bad = _write_json_records(files, root, fields, tmp / "records.arrow", limit)
+        (tmp / "bad_lines.json").write_text(json.dumps(dataclasses.asdict(bad)))
+        if target.exists():
+            shutil.rmtree(tmp)
+        else:
+            os.replace(tmp, target)
+    bad = BadLines(**json.loads((target / "bad_lines.json").read_text()))
+    dataset = datasets.Dataset.from_file(str(target / "records.arrow"))
+    names = ", ".join(str(f) for f in files[:3]) + (", ..." if len(files) > 3 else "")
+    if dataset.num_rows == 0 and sum(bad.counts.values()) == 0 and limit != 0:
+        empty = " (the files are empty)" if all(f.stat().st_size == 0 for f in files) else ""
+        raise DataError(f"corpus {names}{empty}: no JSON records")
+    if bad.columns is not None and config.text_field not in bad.columns and dataset.num_rows:
+        raise DataError(
+            f"corpus {config.corpus!r} has no column {config.text_field!r} (data.text_field)"
+            f"{did_you_mean(config.text_field, bad.columns)}; "
+            f"available columns: {', '.join(bad.columns) or 'none'}"
+        )
+    return dataset, bad
+
+
+def _write_json_records(
+    files: list[Path], root: Path, fields: tuple[str, str, str], out: Path, limit: int | None
+) -> BadLines:
+    """Stream every file's records into one Arrow file (string columns named by ``fields``).
+
+    Stops after ``limit`` records (``data.max_documents``), bad lines included.
+    """
+    schema = pa.schema([(name, pa.string()) for name in dict.fromkeys(fields)])
+    bad = BadLines.none()
+    bad.columns = []
+    rows: list[dict[str, str | None]] = []
+    records = 0
+    with pa.OSFile(str(out), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
+        for file in files:
+            name = file.name if file == root else file.relative_to(root).as_posix()
+            for number, value in _json_values(file):
+                if limit is not None and records >= limit:
+                    break
+                records += 1
+                row = _json_row(value, fields, bad, f"{name}:{number}")
+                if row is not None:
+                    rows.append(row)
+                if len(rows) >= _RECORD_BATCH_ROWS:
+                    writer.write_batch(pa.RecordBatch.from_pylist(rows, schema=schema))
+                    rows.clear()
+        if rows:
+            writer.write_batch(pa.RecordBatch.from_pylist(rows, schema=schema))
+    return bad
+
+
+_NOT_JSON = object()
+
+
+def _json_values(file: Path) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed value) per non-blank line; ``_NOT_JSON`` or a RecursionError
+    instance for lines that do not parse. A file starting with ``[`` is one JSON array
+    (its elements are numbered from 1)."""
+    with _open_binary(file) as handle:
+        head = handle.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")
+    if head.startswith(b"["):
+        with _open_binary(file) as handle:
+            value = _parse(handle.read())
+        if isinstance(value, list):
+            yield from enumerate(value, 1)
+        else:
+            yield 1, value
+        return
+    with _open_binary(file) as handle:
+        for number, line in enumerate(handle, 1):
+            if line.strip():
+                yield number, _parse(line)
+
+
+def _parse(data: bytes) -> Any:
+    """A JSON value; invalid UTF-8 replaced; unparsable -> ``_NOT_JSON``; too deep -> the error."""
+    try:
+        return json.loads(data.decode("utf-8", errors="replace").lstrip("\ufeff"))
+    except RecursionError as error:  # Python's parser refuses deep nesting; pyarrow crashes
+        return error
+    except ValueError:
+        return _NOT_JSON
+
+
+def _json_row(
+    value: Any, fields: tuple[str, str, str], bad: BadLines, location: str
+) -> dict[str, str | None] | None:
+    """The id/title/text row of one parsed line, or None (counted in ``bad``)."""
+    id_field, title_field, text_field = fields
+    if value is _NOT_JSON:
+        bad.add("invalid_json", location)
+    elif isinstance(value, RecursionError):
+        bad.add("too_deeply_nested", location)
+    elif not isinstance(value, dict):
+        bad.add("not_an_object", location)
+    else:
+        columns = bad.columns if bad.columns is not None else []
+        columns.extend(k for k in value if k not in columns and len(columns) < 100)
+        if value.get(text_field) is not None and not isinstance(value[text_field], str):
+            bad.add("non_string_text", location)
+            return None
+        return {
+            id_field: _scalar_text(value.get(id_field)),
+            title_field: _scalar_text(value.get(title_field)),
+            text_field: value.get(text_field),
+        }
+    return None
+
+
+def _scalar_text(value: Any) -> str | None:
+    """An id or title as text (1.0 -> "1"); None when missing."""
+    if value is None or isinstance(value, float) and value != value:
+        return None
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return value if isinstance(value, str) else json.dumps(value)
+
+
 def _decompressed_bytes(file: Path) -> bytes | None:
     """The file's bytes, decompressed by suffix; None for a compression we cannot undo here."""
     suffix = file.suffix.lower()
@@ -439,15 +656,13 @@ def _decompressed_bytes(file: Path) -> bytes | None:
 
 
 def _is_valid_utf8(file: Path) -> bool:
-    """Whether the (decompressed) file decodes as UTF-8; plain files are read in 1 MiB blocks."""
+    """Whether the (decompressed) file decodes as UTF-8, read in 1 MiB blocks (also when
+    compressed: memory stays flat). Files we cannot decompress count as valid."""
+    if not _can_stream(file):
+        return True
     decoder = codecs.getincrementaldecoder("utf-8")()
     try:
-        if file.suffix.lower() in COMPRESSION_SUFFIXES:
-            data = _decompressed_bytes(file)
-            if data is not None:
-                data.decode("utf-8")
-            return True
-        with file.open("rb") as handle:
+        with _open_binary(file) as handle:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 decoder.decode(block)
         decoder.decode(b"", final=True)
@@ -484,13 +699,14 @@ def _split_batch(
     id_field: str,
     max_sentence_chars: int,
     max_document_chars: int,
+    splitter: str,
 ) -> dict[str, list[Any]]:
     """``Dataset.map`` function: raw records -> document records plus bookkeeping columns."""
     texts = batch[text_field]
     titles = batch.get(title_field, [None] * len(texts))
     ids = batch.get(id_field, [None] * len(texts))
     rows = [
-        _split_record(t, ti, i, index, max_sentence_chars, max_document_chars)
+        _split_record(t, ti, i, index, max_sentence_chars, max_document_chars, splitter)
         for t, ti, i, index in zip(texts, titles, ids, indices, strict=True)
     ]
     return {
@@ -499,7 +715,13 @@ def _split_batch(
 
 
 def _split_record(
-    text: Any, title: Any, raw_id: Any, index: int, max_sentence_chars: int, max_document_chars: int
+    text: Any,
+    title: Any,
+    raw_id: Any,
+    index: int,
+    max_sentence_chars: int,
+    max_document_chars: int,
+    splitter: str,
 ) -> dict[str, Any]:
     row: dict[str, Any] = {
         "id": _document_id(raw_id, index),
@@ -514,7 +736,7 @@ def _split_record(
     }
     if row["_skip"] is not None:
         return row
-    segmented = segment_text(text, max_sentence_chars)
+    segmented = segment_text(text, max_sentence_chars, splitter)
     row["paragraphs"] = [{"heading": h, "sentences": s} for h, s in segmented.paragraphs]
     row["_paragraphs"] = len(segmented.paragraphs)
     row["_sentences"] = sum(len(s) for _, s in segmented.paragraphs)
@@ -564,24 +786,47 @@ def _progress_bars(enabled: bool) -> Iterator[None]:
 
 
 def build_documents(
-    config: DataConfig, *, num_proc: int | None = None, progress: bool = True
-) -> tuple[datasets.Dataset, dict[str, int], dict[str, int]]:
+    config: DataConfig,
+    *,
+    num_proc: int | None = None,
+    progress: bool = True,
+    shard: tuple[int, int] | None = None,
+) -> tuple[datasets.Dataset, dict[str, Any], dict[str, int]]:
     """Load the corpus and split it into documents: (documents, stats, skipped by reason).
 
     ``raw_records == documents + sum(skipped.values())`` always holds. The result does not
-    depend on ``num_proc`` (default: ``config.num_proc``).
+    depend on ``num_proc`` (default: ``config.num_proc``). ``shard=(i, N)`` keeps raw
+    records i, i+N, i+2N, ... (bad lines are counted in shard 0 only).
     """
     num_proc = config.num_proc if num_proc is None else num_proc
+    if config.sentence_splitter not in SENTENCE_SPLITTERS:
+        raise DataError(
+            f"unknown data.sentence_splitter {config.sentence_splitter!r}"
+            f"{did_you_mean(config.sentence_splitter, SENTENCE_SPLITTERS)}; "
+            f"use one of {SENTENCE_SPLITTERS}"
+        )
     with _progress_bars(progress):
-        raw = load_raw_corpus(config)
+        raw, bad = read_raw_corpus(config)
         if config.max_documents is not None:
             raw = raw.select(range(min(config.max_documents, len(raw))))
+        if shard is not None:
+            raw = raw.select(range(shard[0], len(raw), shard[1]))
+            bad = bad if shard[0] == 0 else BadLines.none()
         split = _map_split(raw, config, num_proc)
-        reasons = split["_skip"][:]  # [:] reads the whole column; iterating a Column is slow
-        kept = [i for i, reason in enumerate(reasons) if reason is None]
-        stats = _stats(split, kept)
-        counts = collections.Counter(reason for reason in reasons if reason is not None)
-        skipped = {reason: counts[reason] for reason in SKIP_REASONS}
+        # Column arithmetic on the (memory-mapped) Arrow table: no Python list per record.
+        reasons = split.data.column("_skip")
+        kept_mask = pc.is_null(reasons)
+        stats = _stats(split, kept_mask)
+        counts = {
+            entry["values"]: entry["counts"] for entry in pc.value_counts(reasons).to_pylist()
+        }
+        skipped = {
+            reason: counts.get(reason, 0) + bad.counts.get(reason, 0) for reason in SKIP_REASONS
+        }
+        stats["raw_records"] += sum(bad.counts.values())
+        if bad.locations:
+            stats["bad_lines"] = {r: where for r, where in bad.locations.items() if where}
+        kept = np.flatnonzero(kept_mask.to_numpy(zero_copy_only=False))
         documents = split.select(kept).select_columns(list(DOCUMENT_FEATURES)).flatten_indices()
         documents, stats["duplicate_ids_renamed"] = _make_ids_unique(documents)
     return documents, stats, skipped
@@ -598,6 +843,7 @@ def _map_split(raw: datasets.Dataset, config: DataConfig, num_proc: int) -> data
         id_field=config.id_field,
         max_sentence_chars=config.max_sentence_chars,
         max_document_chars=config.max_document_chars,
+        splitter=config.sentence_splitter,
     )
     return raw.map(
         function,
@@ -612,32 +858,36 @@ def _map_split(raw: datasets.Dataset, config: DataConfig, num_proc: int) -> data
     )
 
 
-def _stats(split: datasets.Dataset, kept: list[int]) -> dict[str, int]:
-    table = split.select_columns(list(_BOOKKEEPING_FEATURES)).with_format("arrow")[:]
-    kept_rows = table.take(pa.array(kept, type=pa.int64()))
+def _stats(split: datasets.Dataset, kept: pa.ChunkedArray) -> dict[str, Any]:
+    table = split.data
 
-    def total(column: pa.ChunkedArray) -> int:
+    def total(column: pa.ChunkedArray | pa.Array) -> int:
         return int(pc.sum(column).as_py() or 0)
 
+    def kept_total(name: str) -> int:
+        return total(pc.filter(table.column(name), kept))
+
+    sentences = pc.filter(table.column("_sentences"), kept)
     return {
         "raw_records": table.num_rows,
-        "documents": kept_rows.num_rows,
-        "paragraphs": total(kept_rows["_paragraphs"]),
-        "sentences": total(kept_rows["_sentences"]),
-        "characters": total(kept_rows["_characters"]),
-        "one_sentence_documents": total(pc.equal(kept_rows["_sentences"], 1)),
-        "long_sentence_pieces": total(kept_rows["_long_sentence_pieces"]),
+        "documents": total(pc.cast(kept, pa.int64())),
+        "paragraphs": kept_total("_paragraphs"),
+        "sentences": total(sentences),
+        "characters": kept_total("_characters"),
+        "one_sentence_documents": total(pc.cast(pc.equal(sentences, 1), pa.int64())),
+        "long_sentence_pieces": kept_total("_long_sentence_pieces"),
         # Over all records, kept or skipped: U+FFFD from invalid bytes (or already there).
-        "invalid_utf8_documents": total(table["_invalid_utf8"]),
+        "invalid_utf8_documents": total(pc.cast(table.column("_invalid_utf8"), pa.int64())),
     }
 
 
 def _make_ids_unique(documents: datasets.Dataset) -> tuple[datasets.Dataset, int]:
     """Rename repeated ids to ``<id>#2``, ``<id>#3``, ... (first one kept); return the count."""
-    ids = documents["id"][:]
-    taken = set(ids)
-    if len(taken) == len(ids):
+    column = documents.data.column("id")
+    if pc.count_distinct(column).as_py() == documents.num_rows:
         return documents, 0
+    ids = column.to_pylist()
+    taken = set(ids)
     seen: set[str] = set()
     renamed = 0
     unique = []
@@ -699,6 +949,7 @@ _DOCUMENT_FIELDS = (
     "max_documents",
     "max_sentence_chars",
     "max_document_chars",
+    "sentence_splitter",
 )
 
 
@@ -707,14 +958,14 @@ def corpus_fingerprint(config: DataConfig) -> str:
 
     Local files: paths relative to the corpus plus content hashes (files up to 16 MiB) or
     sizes and modification times; built-ins: name and gensim version; hub names: name and
-    split. Also the pysbd version and ``PIPELINE_VERSION``.
+    split. Also the sentence splitter's version and ``PIPELINE_VERSION``.
     """
     settings = {name: getattr(config, name) for name in _DOCUMENT_FIELDS}
     identity = {
         "source": _source_identity(config),
         "settings": settings,
         "pipeline": PIPELINE_VERSION,
-        "pysbd": importlib.metadata.version("pysbd"),
+        "splitter": importlib.metadata.version(config.sentence_splitter),
     }
     text = json.dumps(identity, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]

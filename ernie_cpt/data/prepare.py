@@ -9,6 +9,7 @@ task cannot use are counted by reason in ``data_report.json``.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -16,16 +17,18 @@ import os
 import random
 import shutil
 import time
-from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import datasets
+import numpy as np
+import pyarrow.compute as pc
 
 from ernie_cpt.config import RunConfig
 from ernie_cpt.data import corpus as corpus_lib
+from ernie_cpt.data.corpus import DataError
 from ernie_cpt.data.tokenization import load_or_train_tokenizer
 from pretrain_tasks import build_task
 from pretrain_tasks.base import PretrainTask, SkipDocument, stable_seed
@@ -46,6 +49,9 @@ COLUMN_TYPES = {
     "str": datasets.Value("string"),
 }
 SENTENCE_POOL_SIZE = 200_000
+ON_EMPTY_TASK = ("error", "skip")
+# The prepared examples' format version (with the corpus PIPELINE_VERSION in every cache key).
+DATA_FORMAT_VERSION = 2
 
 
 class SentencePool:
@@ -73,16 +79,29 @@ class SentencePool:
         heldout_fraction: float = 0.0,
         limit: int = SENTENCE_POOL_SIZE,
     ) -> SentencePool:
-        """Up to ``limit`` sentences drawn without replacement, deterministically."""
-        pairs = [
-            (sentence, doc_id)
-            for doc_id, paragraphs in zip(documents["id"], documents["paragraphs"], strict=True)
-            for paragraph in paragraphs
-            for sentence in paragraph["sentences"]
-        ]
-        if len(pairs) > limit:
-            pairs = random.Random(seed).sample(pairs, limit)
-        return cls([p[0] for p in pairs], [p[1] for p in pairs], split, heldout_fraction)
+        """Up to ``limit`` sentences drawn without replacement, deterministically.
+
+        Reservoir sampling (Algorithm R) over the documents read in batches, so memory holds
+        the pool only, whatever the corpus size. With at most ``limit`` sentences the pool is
+        every sentence in corpus order.
+        """
+        rng = random.Random(seed)
+        sentences: list[str] = []
+        owners: list[str] = []
+        seen = 0
+        for batch in documents.select_columns(["id", "paragraphs"]).iter(batch_size=256):
+            for doc_id, paragraphs in zip(batch["id"], batch["paragraphs"], strict=True):
+                for paragraph in paragraphs:
+                    for sentence in paragraph["sentences"]:
+                        seen += 1
+                        if len(sentences) < limit:
+                            sentences.append(sentence)
+                            owners.append(doc_id)
+                            continue
+                        slot = rng.randrange(seen)
+                        if slot < limit:
+                            sentences[slot], owners[slot] = sentence, doc_id
+        return cls(sentences, owners, split, heldout_fraction)
 
     def random_sentence(self, rng: random.Random, exclude_document: str) -> str | None:
         """A sentence from a document other than ``exclude_document``; bounded work.
@@ -174,11 +193,43 @@ def build_task_split(
         new_fingerprint=fingerprint,
         desc=f"prepare {task.name}",
     )
-    skips = Counter(r for r in mapped[SKIP_COLUMN] if r)
-    examples = mapped.filter(
-        lambda r: [not s for s in r], input_columns=[SKIP_COLUMN], batched=True
+    reasons = mapped.data.column(SKIP_COLUMN)
+    skips = {
+        entry["values"]: entry["counts"]
+        for entry in pc.value_counts(reasons).to_pylist()
+        if entry["values"]
+    }
+    if not skips:  # nothing to drop: no copy
+        return mapped.remove_columns(SKIP_COLUMN), {}
+    keep = np.flatnonzero(pc.equal(reasons, "").to_numpy(zero_copy_only=False))
+    if len(keep) == 0:  # an empty flattened selection saves no Arrow block: would not load
+        empty = mapped.filter(
+            lambda r: [not x for x in r], input_columns=[SKIP_COLUMN], batched=True
+        )
+        return empty.remove_columns(SKIP_COLUMN), skips
+    return mapped.select(keep).remove_columns(SKIP_COLUMN).flatten_indices(), dict(
+        sorted(skips.items(), key=lambda item: -item[1])
     )
-    return examples.remove_columns(SKIP_COLUMN), dict(skips)
+
+
+def summed_label_counts(
+    task: PretrainTask, examples: datasets.Dataset, batch_size: int = 1024
+) -> dict[str, int]:
+    """``task.label_counts`` summed over batches of examples (counts are additive), so the
+    examples are never all in memory at once."""
+    totals: dict[str, int] = {}
+    for batch in examples.iter(batch_size=batch_size):
+        for key, value in task.label_counts(batch).items():
+            totals[key] = totals.get(key, 0) + int(value)
+    return totals
+
+
+def token_count(examples: datasets.Dataset) -> int:
+    """Tokens over all examples, from the Arrow list lengths (no Python lists)."""
+    if not len(examples):
+        return 0
+    lengths = pc.list_value_length(examples.data.column("input_ids"))
+    return int(pc.sum(lengths).as_py() or 0)
 
 
 def option_file_hashes(tasks: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
@@ -194,14 +245,19 @@ def option_file_hashes(tasks: Mapping[str, Mapping[str, Any]]) -> dict[str, str]
 
 def data_fingerprint(config: RunConfig, corpus_fp: str, tokenizer_fp: str) -> str:
     """Identity of the prepared data: corpus, tokenizer, tasks and data settings."""
-    data = {k: v for k, v in asdict(config.data).items() if k not in ("num_proc", "cache_dir")}
+    data = {
+        k: v
+        for k, v in asdict(config.data).items()
+        if k not in ("num_proc", "cache_dir", "on_empty_task")
+    }
     payload = {
         "corpus": corpus_fp,
         "tokenizer": tokenizer_fp,
         "tasks": config.tasks,
         "task_files": option_file_hashes(config.tasks),
         "data": data,
-        "v": 1,
+        "v": DATA_FORMAT_VERSION,
+        "pipeline": corpus_lib.PIPELINE_VERSION,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[
         :16
@@ -218,26 +274,56 @@ def default_cache_dir(config: RunConfig) -> Path:
 def sentence_texts(documents: datasets.Dataset, limit: int | None) -> Any:
     """Yield sentences of (the first ``limit``) documents, for tokenizer training."""
     count = len(documents) if limit is None else min(limit, len(documents))
-    for paragraphs in documents.select(range(count))["paragraphs"]:
-        for paragraph in paragraphs:
-            yield from paragraph["sentences"]
+    chosen = documents.select(range(count)).select_columns(["paragraphs"])
+    for batch in chosen.iter(batch_size=256):  # a batch at a time: memory stays flat
+        for paragraphs in batch["paragraphs"]:
+            for paragraph in paragraphs:
+                yield from paragraph["sentences"]
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"i/N"`` (0 <= i < N) -> (i, N)."""
+    try:
+        index, count = (int(part) for part in text.split("/"))
+    except ValueError:
+        index, count = -1, 0
+    if not 0 <= index < count:
+        raise DataError(f"--shard {text!r}: expected i/N with 0 <= i < N, e.g. 0/4")
+    return index, count
 
 
 def prepare_data(
-    config: RunConfig, cache_dir: Path | None = None, progress: bool = True
+    config: RunConfig,
+    cache_dir: Path | None = None,
+    progress: bool = True,
+    shard: tuple[int, int] | None = None,
 ) -> PreparedData:
-    """Prepare (or load from cache) every configured task's train and held-out examples."""
+    """Prepare (or load from cache) every configured task's train and held-out examples.
+
+    With ``shard=(i, N)`` only every N-th raw record from the i-th on is prepared, into
+    ``<prepared>/shards/i-of-N``; N such jobs need no coordinator, and a later call without
+    ``shard`` reads all N shards (memory-mapped, concatenated without copying). Sharding
+    needs a fixed tokenizer (``tokenizer.path``), so every job tokenizes alike.
+    """
     cache_dir = Path(cache_dir or default_cache_dir(config))
+    if config.data.on_empty_task not in ON_EMPTY_TASK:
+        raise DataError(
+            f"unknown data.on_empty_task {config.data.on_empty_task!r}; use one of {ON_EMPTY_TASK}"
+        )
+    if shard is not None and config.tokenizer.path is None:
+        raise DataError(
+            "prepare --shard needs tokenizer.path (every job must tokenize alike): point it "
+            "at an existing tokenizer, e.g. <run>/tokenizer or one from an unsharded prepare"
+        )
     if not progress:
         datasets.disable_progress_bars()
     corpus_fp = corpus_lib.corpus_fingerprint(config.data)
-    documents, corpus_stats, corpus_skips = _documents(config, cache_dir, corpus_fp, progress)
-    train_docs, heldout_docs = corpus_lib.split_heldout(
-        documents, config.data.heldout_fraction, config.data.seed
+    splits = functools.cache(
+        lambda: _split_documents(config, cache_dir, corpus_fp, progress, shard)
     )
     tokenizer, tokenizer_fp = load_or_train_tokenizer(
         config.tokenizer,
-        sentence_texts(train_docs, config.tokenizer.max_training_documents),
+        _lazy_sentences(splits, config.tokenizer.max_training_documents),
         cache_dir,
         corpus_fp,
     )
@@ -247,32 +333,128 @@ def prepare_data(
     }
     fingerprint = data_fingerprint(config, corpus_fp, tokenizer_fp)
     root = cache_dir / "prepared" / fingerprint
-    if not (root / "data_report.json").exists():
-        _build_all(
-            config, tasks, train_docs, heldout_docs, root, fingerprint, corpus_stats, corpus_skips
-        )
+    target = root if shard is None else root / "shards" / f"{shard[0]}-of-{shard[1]}"
+    parts = [target] if shard is not None else _complete_shards(root) or [root]
+    if not all((part / "data_report.json").exists() for part in parts):
+        (train_docs, heldout_docs), stats, skips = splits()
+        _build_all(config, tasks, train_docs, heldout_docs, target, fingerprint, stats, skips)
     else:
-        log.info("using prepared data from %s", root)
-    train = {n: datasets.load_from_disk(str(root / n / "train")) for n in tasks}
-    heldout = {n: datasets.load_from_disk(str(root / n / "heldout")) for n in tasks}
-    report = json.loads((root / "data_report.json").read_text())
-    return PreparedData(root, tokenizer, tokenizer_fp, tasks, train, heldout, report, fingerprint)
+        log.info("using prepared data from %s", ", ".join(map(str, parts)))
+    train = {n: _load_parts(parts, n, "train") for n in tasks}
+    heldout = {n: _load_parts(parts, n, "heldout") for n in tasks}
+    report = merge_reports([json.loads((p / "data_report.json").read_text()) for p in parts])
+    data = PreparedData(root, tokenizer, tokenizer_fp, tasks, train, heldout, report, fingerprint)
+    return data if shard is not None else check_empty_tasks(data, config.data.on_empty_task)
+
+
+def _split_documents(
+    config: RunConfig,
+    cache_dir: Path,
+    corpus_fp: str,
+    progress: bool,
+    shard: tuple[int, int] | None,
+) -> tuple[tuple[datasets.Dataset, datasets.Dataset], dict[str, Any], dict[str, int]]:
+    """((train, held-out) documents, corpus stats, skipped inputs); made only when needed."""
+    documents, stats, skipped = _documents(config, cache_dir, corpus_fp, progress, shard)
+    split = corpus_lib.split_heldout(documents, config.data.heldout_fraction, config.data.seed)
+    return split, stats, skipped
+
+
+def _lazy_sentences(splits: Callable[[], Any], limit: int | None) -> Iterator[str]:
+    """Tokenizer training text; the documents are built only if the tokenizer is trained."""
+    (train_docs, _), _, _ = splits()
+    yield from sentence_texts(train_docs, limit)
+
+
+def _complete_shards(root: Path) -> list[Path]:
+    """The shard folders of one complete ``--shard i/N`` set (all N reported), else []."""
+    folders = [f for f in (root / "shards").glob("*-of-*") if not f.name.startswith(".")]
+    for count in sorted({int(f.name.split("-of-")[1]) for f in folders}, reverse=True):
+        parts = [root / "shards" / f"{i}-of-{count}" for i in range(count)]
+        if all((part / "data_report.json").exists() for part in parts):
+            return parts
+    return []
+
+
+def _load_parts(parts: Sequence[Path], task: str, split: str) -> datasets.Dataset:
+    """One task split, from one folder or concatenated from shards (memory-mapped)."""
+    loaded = [datasets.load_from_disk(str(part / task / split)) for part in parts]
+    return loaded[0] if len(loaded) == 1 else datasets.concatenate_datasets(loaded)
+
+
+def merge_reports(reports: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Shard reports as one: numbers add up, lists concatenate, other values from the first."""
+
+    def merge(a: Any, b: Any) -> Any:
+        if isinstance(a, dict) and isinstance(b, dict):
+            return {
+                k: merge(a[k], b[k]) if k in a and k in b else a.get(k, b.get(k))
+                for k in {**a, **b}
+            }
+        if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
+            return a + b
+        if isinstance(a, list) and isinstance(b, list):
+            return a + b
+        return a
+
+    merged = dict(reports[0])
+    for report in reports[1:]:
+        merged = merge(merged, report)
+    if len(reports) > 1:
+        merged["shards"] = len(reports)
+    return merged
+
+
+def check_empty_tasks(data: PreparedData, on_empty_task: str) -> PreparedData:
+    """Refuse (or, with ``skip``, drop with a warning) every task without training examples."""
+    empty = [name for name in data.tasks if len(data.train[name]) == 0]
+    if not empty:
+        return data
+    lines = []
+    for name in empty:
+        entry = data.report["tasks"].get(name, {})
+        skips = {**entry.get("train_skipped_documents", {})}
+        reasons = ", ".join(f"{k}: {v}" for k, v in skips.items()) or "no documents"
+        lines.append(f"  {name}: skipped documents by reason: {reasons}")
+    detail = "\n".join(lines)
+    if on_empty_task == "error":
+        raise DataError(
+            f"{len(empty)} task(s) have no training examples in {data.root}:\n{detail}\n"
+            "remove them from tasks:, or set data.on_empty_task: skip to drop them with a warning"
+        )
+    log.warning("dropping tasks without training examples (data.on_empty_task: skip):\n%s", detail)
+    for name in empty:
+        for table in (data.tasks, data.train, data.heldout):
+            table.pop(name)
+    data.report["dropped_empty_tasks"] = empty
+    return data
 
 
 def _documents(
-    config: RunConfig, cache_dir: Path, corpus_fp: str, progress: bool
-) -> tuple[datasets.Dataset, dict[str, int], dict[str, int]]:
-    """Documents from the corpus, cached on disk by corpus fingerprint."""
-    target = cache_dir / "documents" / corpus_fp
+    config: RunConfig,
+    cache_dir: Path,
+    corpus_fp: str,
+    progress: bool,
+    shard: tuple[int, int] | None = None,
+) -> tuple[datasets.Dataset, dict[str, Any], dict[str, int]]:
+    """Documents from the corpus (or one shard of it), cached on disk by corpus fingerprint."""
+    name = corpus_fp if shard is None else f"{corpus_fp}-{shard[0]}-of-{shard[1]}"
+    target = cache_dir / "documents" / name
     if (target / "stats.json").exists():
         saved = json.loads((target / "stats.json").read_text())
         return datasets.load_from_disk(str(target / "documents")), saved["stats"], saved["skipped"]
     started = time.perf_counter()
     documents, stats, skipped = corpus_lib.build_documents(
-        config.data, num_proc=config.data.num_proc, progress=progress
+        config.data, num_proc=config.data.num_proc, progress=progress, shard=shard
     )
+    if len(documents) == 0:
+        reasons = ", ".join(f"{k}: {v}" for k, v in skipped.items() if v) or "none"
+        raise DataError(
+            f"corpus {config.data.corpus!r}: no documents ({stats.get('raw_records', 0)} "
+            f"records read; skipped by reason: {reasons})"
+        )
     stats = {**stats, "seconds": round(time.perf_counter() - started, 2)}
-    tmp = target.with_name(f".tmp-{corpus_fp}-{os.getpid()}")
+    tmp = target.with_name(f".tmp-{name}-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     documents.save_to_disk(str(tmp / "documents"))
     (tmp / "stats.json").write_text(json.dumps({"stats": stats, "skipped": skipped}, indent=2))
@@ -323,8 +505,8 @@ def _build_all(
             entry[f"{split}_examples"] = len(examples)
             entry[f"{split}_skipped_documents"] = skips
             if split == "train":
-                entry["labels"] = task.label_counts(examples[:]) if len(examples) else {}
-                entry["tokens"] = int(sum(len(r) for r in examples["input_ids"]))
+                entry["labels"] = summed_label_counts(task, examples) if len(examples) else {}
+                entry["tokens"] = token_count(examples)
         entry["seconds"] = round(time.perf_counter() - started, 2)
         report["tasks"][name] = entry
         log.info(

@@ -41,6 +41,25 @@ def tokenizer_fingerprint(config: TokenizerConfig, corpus_fingerprint: str) -> s
     return "wordpiece-" + hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+# A directory holding none of these is not a tokenizer (transformers would then ask to
+# install sentencepiece or tiktoken, which does not help).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt")
+
+
+def check_tokenizer_dir(path: str | Path) -> None:
+    """A one-line error naming ``path`` when it is not a local tokenizer directory."""
+    from ernie_cpt.data.corpus import DataError
+
+    folder = Path(path).expanduser()
+    if not folder.is_dir():
+        raise DataError(f"tokenizer.path {str(path)!r}: no such directory")
+    if not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        raise DataError(
+            f"tokenizer.path {str(path)!r} is not a tokenizer directory "
+            f"(it holds none of {', '.join(TOKENIZER_FILES)})"
+        )
+
+
 def load_tokenizer(path: str | Path) -> Any:
     """Load a local fast tokenizer directory (never remote code); refuse slow tokenizers."""
     from transformers import AutoTokenizer
@@ -117,6 +136,8 @@ def load_or_train_tokenizer(
     corpus_fingerprint: str,
 ) -> tuple[Any, str]:
     """Return (tokenizer, fingerprint): the local one, the cached one, or a newly trained one."""
+    if config.path is not None:
+        check_tokenizer_dir(config.path)
     fingerprint = tokenizer_fingerprint(config, corpus_fingerprint)
     if config.path is not None:
         return load_tokenizer(config.path), fingerprint

@@ -1,0 +1,153 @@
+"""Preparation throughput and memory: MB/s per core and peak RSS at two corpus sizes.
+
+Builds JSON Lines corpora by repeating the built-in Wikipedia sample (every copy gets new
+document ids, so nothing is deduplicated), then runs ``ernie-cpt prepare`` in a fresh child
+process with a fresh cache for each (corpus size, task set) pair and reads the child's CPU
+time and peak RSS from ``os.wait4``. MB are megabytes (10^6 bytes) of the corpus file;
+"per core" divides by the child's user + system CPU seconds, so other load on a shared
+machine disturbs it less than wall time. Prints a table, then the ratios against the
+targets of issue 10. Never run as a timed test.
+
+    python benchmarks/prepare_throughput.py                     # 1x and 4x the sample
+    python benchmarks/prepare_throughput.py --copies 4,16 --tasks all
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+ALL_TASKS = (
+    "mlm",
+    "knowledge_masking",
+    "capitalization",
+    "token_document_relation",
+    "sentence_reordering",
+    "sentence_distance",
+    "discourse_relation",
+    "ir_relevance",
+)
+TASK_SETS = {"mlm": ("mlm",), "all": ALL_TASKS}
+TARGET_MB_PER_CORE = {"mlm": 3.0, "all": 1.0}
+TARGET_RSS_RATIO = 1.2
+
+
+def write_corpus(path: Path, copies: int) -> float:
+    """The built-in sample repeated ``copies`` times as JSON Lines; returns its size in MB."""
+    sys.path.insert(0, str(ROOT))
+    from ernie_cpt.data.corpus import load_wikipedia_sample
+
+    records = load_wikipedia_sample()
+    with path.open("w", encoding="utf-8") as handle:
+        for copy in range(copies):
+            for record in records:
+                row = {**record, "id": f"{record['id']}-copy{copy}"}
+                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return path.stat().st_size / 1e6
+
+
+def write_config(path: Path, corpus: Path, tasks: tuple[str, ...], extra: list[str]) -> None:
+    """A prepare-only config: the demo's data settings, one worker process."""
+    lines = [
+        "tokenizer:",
+        "  vocab_size: 8000",
+        "data:",
+        f"  corpus: {json.dumps(str(corpus))}",
+        "  max_seq_length: 128",
+        "  heldout_fraction: 0.1",
+        "  num_proc: 1",
+        *extra,
+        "tasks:",
+        *(f"  {task}: {{}}" for task in tasks),
+    ]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def run_prepare(config: Path, cache: Path) -> dict[str, float]:
+    """One ``ernie-cpt prepare`` in a child process: CPU seconds, wall seconds, peak RSS."""
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "WANDB_MODE": "offline",
+        "HF_DATASETS_CACHE": str(cache / "hf"),
+    }
+    command = [sys.executable, "-m", "ernie_cpt.cli", "prepare", str(config)]
+    command += ["--cache-dir", str(cache)]
+    started = time.perf_counter()
+    child = subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    _, status, usage = os.wait4(child.pid, 0)
+    wall = time.perf_counter() - started
+    stderr = child.stderr.read().decode(errors="replace") if child.stderr else ""
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"prepare failed ({config}):\n{stderr[-3000:]}")
+    return {
+        "cpu_s": usage.ru_utime + usage.ru_stime,
+        "wall_s": wall,
+        "peak_rss_mb": usage.ru_maxrss / 1024,  # Linux reports KiB
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Measure every (size, task set) pair and print the table and the ratios."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--copies", default="1,4", help="two sample repeat counts, small,large")
+    parser.add_argument("--tasks", default="mlm,all", help="task sets: mlm, all")
+    parser.add_argument("--data", action="append", default=[], help="extra data: line, k: v")
+    parser.add_argument("--workdir", default=None, help="keep corpora and caches here")
+    args = parser.parse_args(argv)
+    copies = [int(c) for c in args.copies.split(",")]
+    task_sets = args.tasks.split(",")
+    extra = [f"  {line}" for line in args.data]
+    with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
+        work = Path(tmp)
+        results: dict[tuple[str, int], dict[str, float]] = {}
+        for count in copies:
+            corpus = work / f"corpus-{count}.jsonl"
+            size_mb = write_corpus(corpus, count)
+            for name in task_sets:
+                config = work / f"{name}-{count}.yaml"
+                write_config(config, corpus, TASK_SETS[name], extra)
+                row = run_prepare(config, work / f"cache-{name}-{count}")
+                row["mb"] = size_mb
+                row["mb_per_core_s"] = size_mb / row["cpu_s"]
+                results[(name, count)] = row
+                print(
+                    f"{name:>4} x{count:<3} {size_mb:7.1f} MB  cpu {row['cpu_s']:7.1f} s  "
+                    f"wall {row['wall_s']:7.1f} s  {row['mb_per_core_s']:6.3f} MB/s/core  "
+                    f"peak RSS {row['peak_rss_mb']:7.0f} MB",
+                    flush=True,
+                )
+    print_ratios(results, copies, task_sets)
+    return 0
+
+
+def print_ratios(
+    results: dict[tuple[str, int], dict[str, float]], copies: list[int], task_sets: list[str]
+) -> None:
+    """Throughput against the per-core targets; RSS growth between the two sizes."""
+    for name in task_sets:
+        rate = results[(name, copies[-1])]["mb_per_core_s"]
+        target = TARGET_MB_PER_CORE[name]
+        print(f"{name}: {rate:.3f} MB/s per core at the larger size (target >= {target})")
+        if len(copies) >= 2:
+            small, large = results[(name, copies[0])], results[(name, copies[-1])]
+            ratio = large["peak_rss_mb"] / small["peak_rss_mb"]
+            scale = large["mb"] / small["mb"]
+            print(
+                f"{name}: peak RSS x{ratio:.2f} for x{scale:.1f} the corpus "
+                f"(target <= {TARGET_RSS_RATIO} at 4x)"
+            )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
