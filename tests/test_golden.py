@@ -1,0 +1,65 @@
+"""Golden losses: the per-step losses of a short fixed-seed CPU run, checked exactly.
+
+The run: the tiny model, ``multitask`` over mlm, knowledge_masking (token-level) and
+sentence_distance (sentence-level, so its steps carry the two token tasks' labels too),
+4 iterations each = 12 steps, one torch thread, no evaluation. Any change to data
+preparation, masking, the model, the loss, the optimizer or the schedule's task order
+changes these numbers.
+
+When a change is *meant* to alter them, regenerate the file and commit it with the change:
+
+    ERNIE_CPT_REGEN_GOLDEN=1 .venv/bin/python -m pytest tests/test_golden.py
+
+(see tests/golden/README.md).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from helpers import metrics, run_cli, tiny_tree
+
+pytestmark = pytest.mark.slow
+
+GOLDEN = Path(__file__).parent / "golden" / "tiny_multitask.json"
+REGENERATE = os.environ.get("ERNIE_CPT_REGEN_GOLDEN") == "1"
+
+
+def golden_tree() -> dict:
+    """The run's config (without the machine-specific cache directory)."""
+    return tiny_tree(
+        tasks={"mlm": {}, "knowledge_masking": {}, "sentence_distance": {}},
+        schedule={"kind": "multitask", "iterations_per_task": 4},
+        train={"eval_batches": 0, "threads": 1, "checkpoint_every": 100},
+        logging={"wandb_mode": "disabled"},
+    )
+
+
+def run_steps(tmp_path: Path, cache_dir: Path) -> list[dict]:
+    import yaml
+
+    tree = golden_tree()
+    tree["data"]["cache_dir"] = str(cache_dir)
+    config = tmp_path / "golden.yaml"
+    config.write_text(yaml.safe_dump(tree))
+    run_cli("train", str(config), "--output-dir", str(tmp_path / "run"))
+    return [
+        {"step": r["step"], "task": r["task"], "losses": r["losses"]}
+        for r in metrics(tmp_path / "run")
+    ]
+
+
+def test_golden_losses(tmp_path, cache_dir):
+    steps = run_steps(tmp_path, cache_dir)
+    if REGENERATE:
+        GOLDEN.write_text(json.dumps({"config": golden_tree(), "steps": steps}, indent=1) + "\n")
+        pytest.skip(f"regenerated {GOLDEN}")
+    golden = json.loads(GOLDEN.read_text())
+    assert golden["config"] == golden_tree(), "the golden run's config changed: regenerate"
+    assert [s["step"] for s in steps] == list(range(1, 13))
+    # sentence_distance steps carry the token tasks' labels: three losses in one forward
+    assert any(len(s["losses"]) == 3 for s in steps)
+    assert steps == golden["steps"]  # exact: float equality after the JSON round trip
