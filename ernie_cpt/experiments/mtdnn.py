@@ -293,6 +293,21 @@ def score_task(model: Any, task: DownstreamTask, data: Prepared, index: int) -> 
     return combine_splits(per_split)
 
 
+def tokenize_tasks(
+    model_dir: Path, tasks: Sequence[DownstreamTask], config: FinetuneConfig, mt: MultitaskConfig
+) -> Prepared:
+    """The export's tokenizer applied to every task, with each task's task-embedding id."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    encoder_config = AutoConfig.from_pretrained(str(model_dir), local_files_only=True)
+    vocab = getattr(encoder_config, "task_type_vocab_size", None)
+    use_ids = getattr(encoder_config, "use_task_id", False)
+    ids = task_ids(len(tasks), config, mt.shared_task_id, vocab if use_ids else None)
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
+    length = min(config.max_length, encoder_config.max_position_embeddings)
+    return prepare(tokenizer, tasks, length, ids)
+
+
 def run_seed(
     model_dir: Path,
     tasks: Sequence[DownstreamTask],
@@ -303,56 +318,38 @@ def run_seed(
 ) -> dict[str, dict[str, dict[str, float]]]:
     """One seed: {"multitask" | "single" | "then_single": {task: dev metrics}}."""
     import torch
-    from transformers import AutoConfig, AutoTokenizer
 
     if config.threads:
         torch.set_num_threads(config.threads)
-    encoder_config = AutoConfig.from_pretrained(str(model_dir), local_files_only=True)
-    vocab = getattr(encoder_config, "task_type_vocab_size", None)
-    use_ids = getattr(encoder_config, "use_task_id", False)
-    ids = task_ids(len(tasks), config, mt.shared_task_id, vocab if use_ids else None)
-    tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
-    length = min(config.max_length, encoder_config.max_position_embeddings)
-    data = prepare(tokenizer, tasks, length, ids)
+    data = tokenize_tasks(model_dir, tasks, config, mt)
     outputs = [t.outputs for t in tasks]
+    # a GPU when there is one (the CPU path is the one evaluate's numbers match)
+    auto = "cuda" if torch.cuda.is_available() else "cpu"
+    device = mt.device if mt.device != "auto" else auto
 
     def fresh() -> Any:
         torch.manual_seed(seed)
-        # a GPU when there is one (the CPU path is the one evaluate's numbers match)
-        device = (
-            mt.device if mt.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu"
-        )
         return build_multitask_model(model_dir, outputs, config.dropout).to(device)
 
+    def alone(model: Any, i: int, desc: str) -> dict[str, float]:
+        train_model(model, tasks, data, [i], config, mt, seed, desc, progress)
+        return score_task(model, tasks[i], data, i)
+
     if not mt.multitask:
-        single = {}
-        for i, task in enumerate(tasks):
-            model = fresh()
-            train_model(
-                model, tasks, data, [i], config, mt, seed, f"seed {seed} {task.name}", progress
-            )
-            single[task.name] = score_task(model, task, data, i)
-        return {"single": single}
+        return {
+            "single": {
+                t.name: alone(fresh(), i, f"seed {seed} {t.name}") for i, t in enumerate(tasks)
+            }
+        }
     model = fresh()
     every = list(range(len(tasks)))
     train_model(model, tasks, data, every, config, mt, seed, f"seed {seed} multitask", progress)
     out = {"multitask": {t.name: score_task(model, t, data, i) for i, t in enumerate(tasks)}}
     if mt.then_single:
-        out["then_single"] = {}
-        for i, task in enumerate(tasks):
-            alone = copy.deepcopy(model)
-            train_model(
-                alone,
-                tasks,
-                data,
-                [i],
-                config,
-                mt,
-                seed,
-                f"seed {seed} {task.name} alone",
-                progress,
-            )
-            out["then_single"][task.name] = score_task(alone, task, data, i)
+        out["then_single"] = {
+            t.name: alone(copy.deepcopy(model), i, f"seed {seed} {t.name} alone")
+            for i, t in enumerate(tasks)
+        }
     return out
 
 
