@@ -42,10 +42,37 @@ def test_init_from_a_local_bert_checkpoint_loads_its_weights(tokenizer, tmp_path
         tokenizer.pad_token_id,
     )
     ours = model.encoder.state_dict()
-    for key, value in bert.bert.state_dict().items():
-        if key in ours:
-            assert torch.equal(ours[key], value), key
-    assert "embeddings.task_type_embeddings.weight" in ours  # the task embedding is added
+    theirs = bert.bert.state_dict()
+    # every BERT tensor arrives (BertForMaskedLM has no pooler: ours stays fresh)
+    assert set(theirs) <= set(ours) and set(ours) - set(theirs) >= {
+        "embeddings.task_type_embeddings.weight"  # the task embedding is added
+    }
+    for key, value in theirs.items():
+        assert torch.equal(ours[key], value), key
+
+
+def test_init_from_a_local_ernie_checkpoint_loads_every_encoder_tensor(tokenizer, tmp_path):
+    from transformers import ErnieConfig, ErnieModel
+
+    torch.manual_seed(3)
+    config = ErnieConfig(
+        vocab_size=len(tokenizer), use_task_id=True, task_type_vocab_size=2, **TINY
+    )
+    ernie = ErnieModel(config)
+    with torch.no_grad():  # distinct values, so a tensor left at its fresh init is caught
+        for parameter in ernie.parameters():
+            parameter.normal_(0.0, 0.5)
+    ernie.save_pretrained(tmp_path)  # safetensors, unprefixed keys, pooler included
+    model = build_model(
+        ModelConfig(init_from=str(tmp_path), task_type_vocab_size=2, **TINY),
+        tasks_for(tokenizer),
+        len(tokenizer),
+        tokenizer.pad_token_id,
+    )
+    ours, theirs = model.encoder.state_dict(), ernie.state_dict()
+    assert set(ours) == set(theirs)
+    for key, value in theirs.items():
+        assert torch.equal(ours[key], value), key
 
 
 def test_task_embedding_grows_keeping_trained_rows(tokenizer):
