@@ -1,0 +1,296 @@
+"""Runs you can trust (issue 9): one run per directory, non-finite steps, signals, no
+unpickling, write errors, world size, multi-rank evaluation, seeded global RNGs.
+
+Each test names the probe it repeats; the CLI ones are marked slow.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import pickle
+import random
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import REPO, cli_env
+
+from ernie_cpt.training import checkpoint as ckpt
+from ernie_cpt.training import run_dir as rd
+
+
+def fake_checkpoint(root: Path, step: int, pointer: bool = True) -> Path:
+    """A complete, verified checkpoint directory (no engine state) at ``step``."""
+    tmp = root / f".tmp-{ckpt.tag_for(step)}"
+    tmp.mkdir(parents=True)
+    (tmp / "weights.bin").write_bytes(b"w" * step)
+    final = ckpt.finalize(tmp, root, step, {"train_state": {"step": step}}, keep=10)
+    if not pointer:
+        (root / "latest").unlink()
+    return final
+
+
+# ---------------------------------------------------------------- 1. one run per directory
+def test_latest_pointer_decides_not_the_highest_step(tmp_path):
+    # probe: an old run left step 60 and 62; a new run wrote step 25 and moved the pointer
+    root = tmp_path / "checkpoints"
+    fake_checkpoint(root, 60)
+    fake_checkpoint(root, 62)
+    fake_checkpoint(root, 25)
+    assert (root / "latest").read_text() == "step-00000025"
+    assert ckpt.newest_valid(root).name == "step-00000025"
+    # the pointer's own checkpoint corrupt: the newest valid one *before* it
+    fake_checkpoint(root, 20)
+    (root / "latest").write_text("step-00000025")
+    (root / "step-00000025" / "weights.bin").write_bytes(b"x" * 25)
+    assert ckpt.newest_valid(root).name == "step-00000020"
+
+
+def test_resume_never_into_a_used_directory_refuses_and_overwrite_archives(tmp_path):
+    run = tmp_path / "run"
+    fake_checkpoint(run / "checkpoints", 5)
+    (run / "metrics.jsonl").write_text('{"step": 1}\n')
+    with pytest.raises(rd.RunDirError, match="already holds a run"):
+        rd.choose_checkpoint(run, "never", overwrite=False)
+    assert (run / "metrics.jsonl").read_text() == '{"step": 1}\n'  # untouched
+    assert rd.choose_checkpoint(run, "never", overwrite=True) is None
+    archived = [p for p in tmp_path.iterdir() if p.name.startswith("run.old-")]
+    assert len(archived) == 1
+    assert (archived[0] / "metrics.jsonl").read_text() == '{"step": 1}\n'
+    assert ckpt.verify(archived[0] / "checkpoints" / "step-00000005") is None
+    assert sorted(p.name for p in run.iterdir()) == []
+
+
+def test_resume_auto_with_every_checkpoint_corrupt_refuses_and_names_them(tmp_path):
+    run = tmp_path / "run"
+    for step in (5, 10):
+        fake_checkpoint(run / "checkpoints", step)
+        (run / "checkpoints" / ckpt.tag_for(step) / "manifest.json").unlink()
+    (run / "metrics.jsonl").write_text('{"step": 10}\n')
+    with pytest.raises(rd.RunDirError) as refused:
+        rd.choose_checkpoint(run, "auto", overwrite=False)
+    assert "step-00000005" in str(refused.value) and "step-00000010" in str(refused.value)
+    # nothing was deleted or pruned
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [
+        "latest",
+        "step-00000005",
+        "step-00000010",
+    ]
+    assert (run / "metrics.jsonl").exists()
+
+
+def test_a_second_trainer_is_refused_and_a_dead_ones_lock_reclaimed(tmp_path):
+    run = tmp_path / "run"
+    lock = rd.acquire_lock(run)
+    assert json.loads(lock.read_text())["pid"] == os.getpid()
+    with pytest.raises(rd.RunDirError, match=f"pid {os.getpid()}"):
+        rd.acquire_lock(run)
+    rd.release_lock(lock)
+    assert not lock.exists()
+    # a lock left by a process that is gone (a finished child's PID) is reclaimed
+    child = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    dead = int(child.stdout)
+    import socket
+
+    lock.write_text(json.dumps({"pid": dead, "host": socket.gethostname()}))
+    assert rd.acquire_lock(run) == lock
+    assert json.loads(lock.read_text())["pid"] == os.getpid()
+
+
+# ---------------------------------------------------------------- 2. non-finite guard
+@pytest.mark.parametrize(
+    ("zero_stage", "precision"), [(0, "fp32"), (1, "fp32"), (2, "fp32"), (3, "fp32"), (0, "bf16")]
+)
+def test_skip_update_changes_no_weight_moment_or_lr(distributed, zero_stage, precision):
+    from ernie_cpt.config import TrainConfig
+    from ernie_cpt.training.engine import build_engine, skip_update
+
+    torch.manual_seed(0)
+
+    class Square(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = torch.nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.layer(x.to(self.layer.weight.dtype)).float().pow(2).mean()
+
+    train = TrainConfig(
+        micro_batch_size=2, lr=0.1, warmup_steps=2, zero_stage=zero_stage, precision=precision
+    )
+    engine = build_engine(Square(), train, 10, 1)
+    x = torch.randn(2, 4)
+
+    def snapshot():
+        from deepspeed.utils import safe_get_full_fp32_param
+
+        param = engine.module.layer.weight
+        full = safe_get_full_fp32_param(param) if zero_stage else param.detach()
+        return full.detach().float().clone()
+
+    for _ in range(2):  # real steps: Adam state exists, the warm-up LR is past 0
+        engine.backward(engine(x))
+        engine.step()
+    before, lr_before, skipped = snapshot(), engine.get_lr()[0], engine.skipped_steps
+    engine.backward(engine(x) * float("nan"))
+    skip_update(engine)
+    assert engine.skipped_steps == skipped + 1
+    assert torch.equal(snapshot(), before)
+    assert engine.get_lr()[0] == lr_before
+    engine.backward(engine(x))
+    engine.step()  # the next real step updates again, from finite state
+    after = snapshot()
+    assert torch.isfinite(after).all() and not torch.equal(after, before)
+
+
+# ---------------------------------------------------------------- 4. never unpickle
+class Payload:
+    """Unpickling this runs ``Path(marker).touch()``: what an attacker's file would do."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_a_malicious_pickle_is_refused_by_name_and_never_runs(tmp_path):
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "mp_rank_00_model_states.pt"
+    evil.write_bytes(pickle.dumps({"module": Payload(marker)}))
+    with pytest.raises(ckpt.UnsafeCheckpointError, match="mp_rank_00_model_states.pt"):
+        ckpt.safe_load(evil)
+    assert not marker.exists()
+    # the same through a zip (torch.save) container
+    torch.save({"module": Payload(marker)}, evil)
+    assert not marker.exists()
+    with pytest.raises(ckpt.UnsafeCheckpointError, match="--trust-checkpoint"):
+        ckpt.safe_load(evil)
+    assert not marker.exists()
+
+
+# ---------------------------------------------------------------- 5. world size
+def test_resume_with_another_world_size_is_refused_naming_both():
+    from ernie_cpt.training.resume import check_world_size
+
+    with pytest.raises(SystemExit, match="written by 2 processes and this run has 1"):
+        check_world_size({"world_size": 2}, 1)
+    check_world_size({"world_size": 2}, 2)
+
+
+# ---------------------------------------------------------------- 6. disk full
+def test_a_write_error_keeps_the_previous_checkpoint_and_names_path_and_space(
+    distributed, tmp_path, monkeypatch
+):
+    from ernie_cpt.config import TrainConfig
+    from ernie_cpt.training.engine import build_engine
+
+    engine = build_engine(torch.nn.Linear(2, 1), TrainConfig(micro_batch_size=1), 10, 1)
+    root = tmp_path / "checkpoints"
+    ckpt.save(engine, root, 1, 0, {"train_state": {"step": 1}}, keep=3)
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ckpt, "save_weights", full_disk)
+    with pytest.raises(ckpt.CheckpointWriteError) as failed:
+        ckpt.save(engine, root, 2, 0, {"train_state": {"step": 2}}, keep=3)
+    message = str(failed.value)
+    assert "\n" not in message
+    assert str(root / ".tmp-step-00000002") in message
+    assert "No space left on device" in message and "MiB free" in message
+    assert (root / "latest").read_text() == "step-00000001"
+    assert ckpt.newest_valid(root).name == "step-00000001"
+    assert not (root / ".tmp-step-00000002").exists()
+
+
+# ---------------------------------------------------------------- 9. multi-rank evaluation
+EVAL_SCRIPT = """
+import datetime, json, os, sys
+import torch, torch.distributed as dist
+from ernie_cpt.config import TrainConfig
+from ernie_cpt.training.heldout_eval import evaluate
+from pretrain_tasks.base import TaskLoss
+
+dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=30))
+rank, world = dist.get_rank(), dist.get_world_size()
+
+class Task:
+    def collate(self, examples, generator):
+        return {"input_ids": torch.tensor(examples["x"]).reshape(-1, 1)}
+    def metrics(self, summed):
+        return {"mean": summed["loss_sum"] / summed["sample_size"], "n": summed["sample_size"]}
+
+class Engine:
+    def train(self, mode=True):
+        pass
+    def __call__(self, batch, names, step):
+        x = batch["input_ids"].double()
+        stats = {"loss_sum": x.sum()}
+        return None, {names[0]: TaskLoss(x.sum(), torch.tensor(float(len(x))), stats)}, None
+
+class Split:
+    def __init__(self, values):
+        self.values = values
+    def __len__(self):
+        return len(self.values)
+    def __getitem__(self, indices):
+        return {"x": [self.values[i] for i in indices]}
+
+class Data:
+    tasks = {"one": Task(), "many": Task()}
+    heldout = {"one": Split([7]), "many": Split([1, 2, 3, 4, 5])}
+
+train = TrainConfig(micro_batch_size=1, eval_batches=8)
+result = evaluate(Engine(), Data(), {"one": 0, "many": 1}, train, rank, world)
+print(json.dumps({"rank": rank, "result": result}), flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_two_rank_evaluation_with_a_one_example_split(tmp_path):
+    from ernie_cpt.training.engine import free_port
+
+    script = tmp_path / "eval_two_ranks.py"
+    script.write_text(textwrap.dedent(EVAL_SCRIPT))
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    command += ["--master_port", str(free_port()), str(script)]
+    result = subprocess.run(
+        command,
+        cwd=REPO,
+        env=cli_env(OMP_NUM_THREADS="1"),
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    # rank 0 holds the single "one" example; "many" is split 1,3,5 / 2,4
+    expected = {"one": {"mean": 7.0, "n": 1.0}, "many": {"mean": 3.0, "n": 5.0}}
+    assert sorted(r["rank"] for r in rows) == [0, 1]
+    assert all(r["result"] == expected for r in rows)
+
+
+# ---------------------------------------------------------------- smaller: seeded RNGs
+def test_python_and_numpy_global_rngs_are_seeded_per_rank():
+    from ernie_cpt.training.run_setup import seed_everything
+
+    seed_everything(42, 0)
+    first = (random.random(), float(np.random.rand()))
+    random.seed(1)
+    np.random.seed(1)
+    seed_everything(42, 0)
+    assert (random.random(), float(np.random.rand())) == first
+    seed_everything(42, 1)
+    assert (random.random(), float(np.random.rand())) != first
