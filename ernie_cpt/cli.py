@@ -161,7 +161,13 @@ def _finetune_config(args: argparse.Namespace, prefix: str = "") -> object:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     """Train every schedule x seed (resumable), evaluate, write report.md and summary.json."""
-    from ernie_cpt.experiments.compare import DownstreamPlan, RunFailed, compare, parse_schedules
+    from ernie_cpt.experiments.compare import (
+        DownstreamPlan,
+        RunFailed,
+        compare,
+        parse_schedules,
+        parse_sharing,
+    )
     from ernie_cpt.experiments.mtdnn import MultitaskConfig
 
     path = args.config_option or args.config
@@ -192,6 +198,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
             wandb_summary=not args.no_wandb,
             interval=args.progress_every,
             threads=args.threads,
+            sharing=parse_sharing(args.sharing),
         )
     except RunFailed as error:
         print(f"ernie-cpt: error: {error}", file=sys.stderr)
@@ -352,6 +359,12 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--output-dir", required=True, help="comparison directory")
     compare.add_argument(
         "--schedules", default="continual,multitask,cmtl", help="comma-separated schedule kinds"
+    )
+    compare.add_argument(
+        "--sharing",
+        default="",
+        help="comma-separated sharing kinds crossed with the schedules (e.g. hard,mmoe,ple); "
+        "default: the config's sharing.kind only",
     )
     compare.add_argument("--seeds", type=int, default=2, help="seeds per schedule")
     compare.add_argument("--group", default=None, help="W&B group (default: from the directory)")

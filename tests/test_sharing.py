@@ -300,3 +300,154 @@ def test_export_round_trip_gives_the_tasks_route(tasks, tokenizer, batch, tmp_pa
     )
     with pytest.raises(ValueError, match="has no route"):
         load_task_route(tmp_path, "ir_relevance")
+
+
+# --- end to end (CLI) ---------------------------------------------------------------------------
+
+
+def _losses(run_dir):
+    from helpers import metrics
+
+    return {r["step"]: (r["losses"], r.get("sharing")) for r in metrics(run_dir)}
+
+
+@pytest.mark.slow
+def test_stopped_and_resumed_mmoe_run_repeats_the_uninterrupted_one(tiny_config, tmp_path):
+    from helpers import run_cli
+
+    config = tiny_config(sharing={"kind": "mmoe", "experts": 3}, train={"grad_telemetry_every": 4})
+    reference, stopped = tmp_path / "reference", tmp_path / "stopped"
+    run_cli("train", str(config), "--output-dir", str(reference))
+    run_cli("train", str(config), "--output-dir", str(stopped), "--max-steps", "13")
+    run_cli("train", str(config), "--output-dir", str(stopped), "--resume", "must")
+    expected, got = _losses(reference), _losses(stopped)
+    assert sorted(got) == list(range(1, 25)) and got == expected  # losses and gate statistics
+    last = expected[24][1]  # the sharing telemetry of the last step
+    assert set(last["gates"]) <= {"mlm", "sentence_distance"} and last["gates"]
+    assert (reference / "export" / "sharing.json").exists()
+
+
+@pytest.mark.slow
+def test_adding_a_task_to_a_resumed_cgc_run_creates_its_gate_and_experts(tiny_config, tmp_path):
+    from helpers import cli_env, metrics, run_cli
+
+    first = [{"name": "words", "budgets": {"mlm": 6}}]
+    second = first + [{"name": "pairs", "budgets": {"mlm": 3, "sentence_distance": 6}}]
+    sharing = {"kind": "cgc", "shared_experts": 2}
+    before = tiny_config(
+        tasks={"mlm": {}}, schedule={"kind": "custom", "stages": first}, sharing=sharing
+    )
+    after = tiny_config(
+        tasks={"mlm": {}, "sentence_distance": {}},
+        schedule={"kind": "custom", "stages": second},
+        sharing=sharing,
+    )
+    run_dir = tmp_path / "run"
+    run_cli("train", str(before), "--output-dir", str(run_dir))
+    rows_before = (run_dir / "metrics.jsonl").read_text().splitlines()
+    resumed = run_cli(
+        "train", str(after), "--output-dir", str(run_dir), "--resume", "must", env=cli_env()
+    )
+    assert "added tasks ['sentence_distance']" in resumed.stderr
+    # Its gate starts fresh; its own expert starts as the mean of the two shared experts.
+    assert "model.sharing.level.gates.sentence_distance.linear.weight" in resumed.stderr
+    assert (
+        "new parameter model.sharing.level.own.sentence_distance.0.layer.0.output.dense.weight "
+        "starts as the mean of 2 carried ones"
+    ) in resumed.stderr
+    rows = metrics(run_dir)
+    assert (run_dir / "metrics.jsonl").read_text().splitlines()[:6] == rows_before
+    added = [r for r in rows[6:] if "sentence_distance" in r["losses"]]
+    assert len(added) == 6
+    gates = added[-1]["sharing"]["gates"]["sentence_distance"]["top"]
+    assert len(gates["mean"]) == 1 + 2  # its own expert + the shared ones
+
+
+# --- comparison grid and report ------------------------------------------------------------------
+
+
+def test_compare_plan_crosses_schedules_with_sharing_kinds(tmp_path):
+    from ernie_cpt.experiments.compare import make_plan, parse_sharing, plan_runs
+
+    config = config_from_dict({"tasks": {"mlm": {}, "sentence_distance": {}}})
+    plain = make_plan(config, ["cmtl"], 1, None, tmp_path)
+    assert "sharing" not in plain and [r["name"] for r in plain["runs"]] == ["cmtl-seed0"]
+    plan = make_plan(config, ["cmtl", "multitask"], 1, None, tmp_path, ["hard", "mmoe"])
+    names = [r["name"] for r in plan["runs"]]
+    assert names == [
+        "cmtl-hard-seed0",
+        "cmtl-mmoe-seed0",
+        "multitask-hard-seed0",
+        "multitask-mmoe-seed0",
+    ]
+    spec = plan_runs(plan)[1]
+    assert spec.variant == "cmtl+mmoe" and "sharing.kind=mmoe" in spec.overrides("g")
+    assert plan["group"] != plain["group"]
+    assert parse_sharing("hard, ple") == ["hard", "ple"] and parse_sharing("") == []
+    with pytest.raises(ConfigError, match='did you mean "mmoe"'):
+        parse_sharing("hard,mmeo")
+    with pytest.raises(ConfigError, match="twice"):
+        parse_sharing("ple,ple")
+
+
+def test_gradient_conflict_and_gate_summary_by_hand():
+    from ernie_cpt.experiments.architecture import gate_summary, gradient_conflict
+
+    cos = [
+        {"a": {"a": 1.0, "b": -0.2, "c": 0.4}, "b": {"a": -0.2, "b": 1.0, "c": 0.1}},
+        {"a": {"a": 1.0, "b": -0.4, "c": 0.0}, "b": {"a": -0.4, "b": 1.0, "c": 0.3}},
+    ]
+    rows = [{"grad": {"cosine": c}} for c in cos] + [{"losses": {}}]
+    out = gradient_conflict(rows)
+    assert out["pairs"] == pytest.approx({"a|b": -0.3, "a|c": 0.2, "b|c": 0.2})
+    assert out["most_conflicting"]["pair"] == ["a", "b"]
+    gates = [
+        {"sharing": {"gates": {"a": {"top": {"mean": [0.2, 0.8]}}}}},
+        {
+            "sharing": {
+                "gates": {"a": {"top": {"mean": [0.4, 0.6]}}, "b": {"top": {"mean": [1.0, 0.0]}}}
+            }
+        },
+        {"losses": {}},
+    ]
+    summary = gate_summary(gates)
+    assert summary["gates"]["a"]["top"] == pytest.approx([0.3, 0.7])
+    assert summary["gates"]["b"]["top"] == [1.0, 0.0]
+    assert gate_summary(gates, tail=1)["gates"]["a"]["top"] == [0.4, 0.6]
+
+
+def test_report_sharing_table_and_gate_heatmap(tmp_path):
+    from ernie_cpt.experiments.report import gate_findings, plot_gates, sharing_table
+
+    def arch(kind, params, speed, gates):
+        return {
+            "kind": kind,
+            "parameters": params,
+            "flops_per_token": 1000.0,
+            "tokens_per_s": {"mean": speed},
+            "gates": gates,
+            "most_conflicting": {"pair": ["a", "b"], "cosine": -0.25},
+        }
+
+    summary = {
+        "schedules": {
+            "cmtl+hard": {"architecture": arch("hard", 100, 200.0, {})},
+            "cmtl+mmoe": {
+                "architecture": arch(
+                    "mmoe",
+                    150,
+                    100.0,
+                    {"a": {"top": [0.7, 0.3]}, "b": {"top": [0.6, 0.4]}, "c": {"top": [0.1, 0.9]}},
+                )
+            },
+        }
+    }
+    lines = sharing_table(summary)
+    assert lines[2].startswith("| cmtl+hard | 100 | 1,000 | 200.0 | 1.00 | a / b (-0.250) | - |")
+    assert "| cmtl+mmoe | 150 | 1,000 | 100.0 | 0.50 |" in lines[3]
+    assert gate_findings(summary["schedules"]["cmtl+mmoe"]["architecture"]["gates"]) == (
+        "top e0: a (0.70), b (0.60); top e1: c (0.90)"
+    )
+    assert plot_gates(summary, tmp_path / "gates.png") and (tmp_path / "gates.png").stat().st_size
+    hard_only = {"schedules": {"cmtl": {"architecture": arch("hard", 1, 1.0, {})}}}
+    assert sharing_table(hard_only) == [] and not plot_gates(hard_only, tmp_path / "x.png")

@@ -59,6 +59,7 @@ from pathlib import Path
 from typing import Any
 
 from ernie_cpt.config import ConfigError, RunConfig, diff_configs, load_config, save_config
+from ernie_cpt.experiments.architecture import run_architecture
 from ernie_cpt.experiments.forgetting import (
     LOWER_IS_BETTER,
     forgetting_metrics,
@@ -72,7 +73,7 @@ PLAN_FILE = "comparison.json"
 DONE_FILE = "compare_done.json"
 ATTEMPTS_FILE = "compare_attempts.jsonl"
 LOCK_FILE = ".compare.lock"
-PLAN_KEYS = ("config", "schedules", "seeds", "group", "runs")
+PLAN_KEYS = ("config", "schedules", "seeds", "group", "runs", "sharing")
 
 Echo = Callable[[str], None]
 
@@ -91,11 +92,18 @@ class RunSpec:
     train_seed: int
     schedule_seed: int
     total_steps: int | None
+    # sharing.kind of this run ("" = the config's own, no override: plain schedule grids).
+    sharing: str = ""
+
+    @property
+    def variant(self) -> str:
+        """What the run compares: its schedule, or ``schedule+sharing`` in a sharing grid."""
+        return f"{self.schedule}+{self.sharing}" if self.sharing else self.schedule
 
     @property
     def name(self) -> str:
         """Directory name under ``runs/``."""
-        return f"{self.schedule}-seed{self.seed}"
+        return f"{self.variant.replace('+', '-')}-seed{self.seed}"
 
     def overrides(self, group: str) -> list[str]:
         """``--set`` overrides that turn the base config into this run's config."""
@@ -105,9 +113,9 @@ class RunSpec:
             f"train.seed={self.train_seed}",
             f"schedule.seed={self.schedule_seed}",
             f"logging.group={quoted(group)}",
-            f"logging.job_type={quoted(self.schedule)}",
+            f"logging.job_type={quoted(self.variant)}",
             f"logging.run_name={quoted(f'{group}/{self.name}')}",
-        ]
+        ] + ([f"sharing.kind={self.sharing}"] if self.sharing else [])
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form (in ``comparison.json``)."""
@@ -118,7 +126,7 @@ class RunSpec:
             "train_seed": self.train_seed,
             "schedule_seed": self.schedule_seed,
             "total_steps": self.total_steps,
-        }
+        } | ({"sharing": self.sharing} if self.sharing else {})
 
 
 # ------------------------------------------------------------------------------------ plan
@@ -142,6 +150,24 @@ def parse_schedules(text: str | Sequence[str]) -> list[str]:
     return names
 
 
+def parse_sharing(text: str | Sequence[str]) -> list[str]:
+    """``--sharing hard,mmoe,ple`` -> known sharing kinds, each once (empty: no grid)."""
+    from ernie_cpt.config import SHARING_KINDS
+    from schedules.options import did_you_mean
+
+    names = [n.strip() for n in (text.split(",") if isinstance(text, str) else text)]
+    names = [n for n in names if n]
+    for name in names:
+        if name not in SHARING_KINDS:
+            raise ConfigError(
+                f"--sharing: unknown kind {name!r}{did_you_mean(name, SHARING_KINDS)}; "
+                f"known: {', '.join(SHARING_KINDS)}"
+            )
+    if len(set(names)) != len(names):
+        raise ConfigError(f"--sharing lists a kind twice: {names}")
+    return names
+
+
 def schedule_steps(config: RunConfig, kind: str) -> int | None:
     """Total optimizer steps of ``kind`` under ``config`` (None if it cannot be built)."""
     from schedules import build_schedule
@@ -154,22 +180,27 @@ def schedule_steps(config: RunConfig, kind: str) -> int | None:
 
 
 def make_plan(
-    config: RunConfig, schedules: Sequence[str], seeds: int, group: str | None, out_dir: Path
+    config: RunConfig,
+    schedules: Sequence[str],
+    seeds: int,
+    group: str | None,
+    out_dir: Path,
+    sharing: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """The comparison plan: every (seed, schedule) run, seed-major (all schedules of seed 0
-    first, so a partial comparison already compares every schedule)."""
+    """The comparison plan: every (seed, schedule[, sharing kind]) run, seed-major (all
+    schedules of seed 0 first, so a partial comparison already compares every schedule)."""
     if seeds < 1:
         raise ConfigError(f"--seeds must be >= 1, got {seeds}")
     steps = {kind: schedule_steps(config, kind) for kind in schedules}
     runs = [
-        RunSpec(kind, s, config.train.seed + s, config.schedule.seed + s, steps[kind])
+        RunSpec(kind, s, config.train.seed + s, config.schedule.seed + s, steps[kind], share)
         for s in range(seeds)
         for kind in schedules
+        for share in (sharing or [""])
     ]
     where = str(out_dir.resolve())  # two identical comparisons get distinct groups
-    identity = json.dumps(
-        [config.to_dict(), list(schedules), seeds, where], sort_keys=True, default=str
-    )
+    parts = [config.to_dict(), list(schedules), seeds, where] + ([list(sharing)] if sharing else [])
+    identity = json.dumps(parts, sort_keys=True, default=str)
     default_group = f"{out_dir.resolve().name}-{hashlib.sha256(identity.encode()).hexdigest()[:8]}"
     return {
         "version": 1,
@@ -178,13 +209,20 @@ def make_plan(
         "seeds": seeds,
         "group": group or default_group,
         "runs": [r.to_dict() for r in runs],
-    }
+    } | ({"sharing": list(sharing)} if sharing else {})
 
 
 def plan_runs(plan: dict[str, Any]) -> list[RunSpec]:
     """The RunSpecs of a plan."""
     return [
-        RunSpec(r["schedule"], r["seed"], r["train_seed"], r["schedule_seed"], r["total_steps"])
+        RunSpec(
+            r["schedule"],
+            r["seed"],
+            r["train_seed"],
+            r["schedule_seed"],
+            r["total_steps"],
+            r.get("sharing", ""),
+        )
         for r in plan["runs"]
     ]
 
@@ -445,6 +483,11 @@ def collect_run(run_dir: Path, tasks: Sequence[str], metric: str = "accuracy") -
         **{
             k: done[k] for k in ("name", "schedule", "seed", "steps", "tokens", "train_s", "wall_s")
         },
+        "sharing": done.get("sharing", ""),
+        "variant": f"{done['schedule']}+{done['sharing']}"
+        if done.get("sharing")
+        else done["schedule"],
+        "architecture": run_architecture(run_dir),
         "attempts": done["attempts"],
         "stage_names": done["stage_names"],
         "stage_tasks": stage_tasks,
@@ -622,13 +665,16 @@ def compare(
     echo: Echo = echo_stderr,
     interval: float = 15.0,
     threads: int | None = None,
+    sharing: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """Plan, train (resuming), evaluate downstream, analyse and report; returns the summary."""
+    """Plan, train (resuming), evaluate downstream, analyse and report; returns the summary.
+
+    ``sharing``: sharing kinds crossed with the schedules (each run sets ``sharing.kind``)."""
     from ernie_cpt.experiments.report import build_summary, log_wandb_summary, write_report
 
     out_dir = Path(out_dir)
     config = load_config(config_path, overrides)
-    plan = make_plan(config, schedules, seeds, group, out_dir)
+    plan = make_plan(config, schedules, seeds, group, out_dir, sharing)
     with comparison_lock(out_dir):
         extra = {"config_path": str(config_path), "overrides": list(overrides)}
         plan = open_plan(out_dir, plan, extra, group_given=group is not None)
@@ -676,8 +722,9 @@ def collect_all(
 def announce(plan: dict[str, Any], echo: Echo) -> None:
     """Print the plan: runs, steps per schedule, and a warning if compute is not matched."""
     steps = {r["schedule"]: r["total_steps"] for r in plan["runs"]}
+    grid = f" x sharing {', '.join(plan['sharing'])}" if plan.get("sharing") else ""
     echo(
-        f"{len(plan['runs'])} runs ({', '.join(plan['schedules'])} x {plan['seeds']} seeds), "
+        f"{len(plan['runs'])} runs ({', '.join(plan['schedules'])}{grid} x {plan['seeds']} seeds), "
         f"W&B group {plan['group']!r}; steps per run: "
         + ", ".join(f"{k} {v}" for k, v in steps.items())
     )

@@ -12,6 +12,8 @@ wall time. ``write_report`` writes beside it, under ``plots/``:
   then each stage; columns: tasks);
 - ``forgetting.png``: ACC, BWT, FWT and forgetting per schedule (bar = mean, whisker = std,
   dots = seeds);
+- ``gates.png`` (sharing grids with gated kinds): per variant, the task x expert mean gate
+  weights;
 - ``downstream.png``: per downstream data set, every fine-tuning seed's score (small dots),
   each pre-trained model's median (large dots) and their mean (bar), per schedule.
 
@@ -114,6 +116,32 @@ def schedule_summary(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         "R_mean": mean_matrix([r["R"] for r in runs]),
         "downstream": {d: _downstream_entry(runs, d) for d in datasets},
         "downstream_stages": _stage_downstream(runs),
+        "architecture": architecture_summary(runs),
+    }
+
+
+def architecture_summary(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Cost, speed, conflict and gates of one (schedule, sharing) variant over its seeds."""
+    archs = [r["architecture"] for r in runs if r.get("architecture", {}).get("kind")]
+    if not archs:
+        return {}
+    first = archs[0]
+    conflict = first["gradient_conflict"].get("most_conflicting")
+    pair_means = None
+    if conflict:
+        key = "|".join(conflict["pair"])
+        pair_means = [a["gradient_conflict"]["pairs"].get(key, math.nan) for a in archs]
+    return {
+        "kind": first["kind"],
+        "parameters": first["parameters"],
+        "flops_per_token": first["flops_per_token"],
+        "tokens_per_s": mean_and_spread(
+            [r["tokens"] / r["train_s"] if r["train_s"] else math.nan for r in runs]
+        ),
+        "most_conflicting": conflict and {**conflict, "over_seeds": mean_and_spread(pair_means)},
+        "gates": first.get("gates", {}),
+        "stitch": first.get("stitch"),
+        "distance": first.get("distance"),
     }
 
 
@@ -122,8 +150,8 @@ def build_summary(
 ) -> dict[str, Any]:
     """The whole comparison: per schedule and per run."""
     by_schedule: dict[str, list[Mapping[str, Any]]] = {}
-    for run in runs:
-        by_schedule.setdefault(run["schedule"], []).append(run)
+    for run in runs:  # a sharing grid's entries are "schedule+sharing" variants
+        by_schedule.setdefault(run.get("variant", run["schedule"]), []).append(run)
     return {
         "group": plan["group"],
         "metric": metric,
@@ -192,6 +220,39 @@ def runs_table(summary: Mapping[str, Any]) -> list[str]:
         cells = [name] + [_num(m[k]) for k in METRICS]
         cells += [str(run["tokens"]), _num(run["train_s"], 1), _num(run["wall_s"], 1)]
         lines.append("| " + " | ".join(cells + [str(run["attempts"])]) + " |")
+    return lines
+
+
+def gate_findings(gates: Mapping[str, Mapping[str, Sequence[float]]]) -> str:
+    """Which tasks lean on which expert: tasks grouped by their top expert at the last gate
+    site (e.g. "e0: mlm, capitalization; e2: sentence_distance")."""
+    groups: dict[str, list[str]] = {}
+    for task, sites in gates.items():
+        site = sorted(sites)[-1]
+        shares = sites[site]
+        top = max(range(len(shares)), key=shares.__getitem__)
+        groups.setdefault(f"{site} e{top}", []).append(f"{task} ({shares[top]:.2f})")
+    return "; ".join(f"{k}: {', '.join(v)}" for k, v in sorted(groups.items())) or "-"
+
+
+def sharing_table(summary: Mapping[str, Any]) -> list[str]:
+    """Per (schedule, sharing) variant: cost, speed relative to hard, gradient conflict and
+    what the gates learned; empty when no run used a sharing architecture."""
+    rows = {k: s["architecture"] for k, s in summary["schedules"].items() if s["architecture"]}
+    if not rows or all(a["kind"] == "hard" for a in rows.values()):
+        return []
+    head = ["variant", "parameters", "FLOPs/token", "tokens/s", "vs hard"]
+    head += ["most conflicting pair (cosine)", "gates: tasks by top expert"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for variant, a in rows.items():
+        base = rows.get(variant.split("+")[0] + "+hard")
+        speed = a["tokens_per_s"]["mean"]
+        ratio = speed / base["tokens_per_s"]["mean"] if base else math.nan
+        worst = a["most_conflicting"]
+        pair = f"{' / '.join(worst['pair'])} ({worst['cosine']:.3f})" if worst else "n/a"
+        cells = [variant, f"{a['parameters']:,}", f"{a['flops_per_token']:,.0f}"]
+        cells += [_num(speed, 1), _num(ratio, 2), pair, gate_findings(a["gates"])]
+        lines.append("| " + " | ".join(cells) + " |")
     return lines
 
 
@@ -290,6 +351,19 @@ def markdown(summary: Mapping[str, Any], plots: Sequence[str]) -> str:
         if downstream:
             out += ["", f"Downstream R matrix of {kind} (median fine-tuning score):", ""]
             out += downstream
+    sharing = sharing_table(summary)
+    if sharing:
+        out += ["", "## Sharing architectures", "", *sharing, ""]
+        out += [
+            "Parameters: the whole model; FLOPs/token: forward of encoder + architecture "
+            "for one task's route (heads excluded), counted by torch's FlopCounterMode; "
+            "tokens/s: training tokens over the trainer's step time (mean over seeds), and "
+            "relative to the same schedule with hard sharing; conflict: lowest mean "
+            "gradient cosine on the last shared layer over the run's telemetry rows; gates: "
+            "tasks grouped by the expert their mean gate weights most (last gate site, "
+            "mean over the last logged rows). Definitions: "
+            "`ernie_cpt/experiments/architecture.py`; heatmaps: `plots/gates.png`."
+        ]
     stage_tables = stage_downstream_tables(summary)
     if stage_tables:
         out += ["", "## Downstream at stage ends (mean over seeds of the per-model medians)"]
@@ -461,6 +535,39 @@ def plot_downstream(summary: Mapping[str, Any], path: Path) -> bool:
     return True
 
 
+def plot_gates(summary: Mapping[str, Any], path: Path) -> bool:
+    """Per variant with gates: task x expert heatmap of the mean gate weights (last gate
+    site); False (nothing written) when no run has gates."""
+    gated = {
+        k: s["architecture"]["gates"]
+        for k, s in summary["schedules"].items()
+        if s.get("architecture", {}).get("gates")
+    }
+    if not gated:
+        return False
+    plt = _pyplot()
+    fig, axes = plt.subplots(
+        1, len(gated), figsize=(3.6 * len(gated) + 1, 3.6), squeeze=False, layout="constrained"
+    )
+    for ax, (variant, gates) in zip(axes[0], gated.items(), strict=True):
+        tasks = list(gates)
+        matrix = [gates[t][sorted(gates[t])[-1]] for t in tasks]
+        width = max(len(row) for row in matrix)
+        matrix = [row + [math.nan] * (width - len(row)) for row in matrix]
+        image = ax.imshow(matrix, cmap="magma", vmin=0.0, vmax=1.0, aspect="auto")
+        ax.set_xticks(range(width), [f"e{i}" for i in range(width)], fontsize=8)
+        ax.set_yticks(range(len(tasks)), tasks, fontsize=8)
+        for i, row in enumerate(matrix):
+            for j, v in enumerate(row):
+                color = "black" if not math.isnan(v) and v > 0.6 else "white"
+                ax.text(j, i, _num(v, 2), ha="center", va="center", color=color, fontsize=7)
+        ax.set_title(f"{variant}: mean gate", fontsize=9)
+    fig.colorbar(image, ax=axes[0].tolist())
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
 def write_plots(out_dir: Path, summary: Mapping[str, Any]) -> list[str]:
     """Every PNG under ``plots/``; returns the file names written."""
     plots = out_dir / "plots"
@@ -469,6 +576,8 @@ def write_plots(out_dir: Path, summary: Mapping[str, Any]) -> list[str]:
     plot_r_matrices(summary, plots / "r_matrix.png")
     plot_forgetting_bars(summary, plots / "forgetting.png")
     written = ["loss_curves.png", "r_matrix.png", "forgetting.png"]
+    if plot_gates(summary, plots / "gates.png"):
+        written.append("gates.png")
     if plot_downstream(summary, plots / "downstream.png"):
         written.append("downstream.png")
     return written

@@ -6,7 +6,9 @@ each parameter's fp32 value and ``exp_avg`` / ``exp_avg_sq`` are read by name (D
 ``safe_get_full_*`` at ZeRO 1-2 and with bf16, the torch optimizer's state at ZeRO 0 fp32)
 and written into the new engine. Parameters that grew (the task-type embedding, when the new
 task ids do not fit) keep their trained rows; new rows keep their fresh initialisation and
-zero moments. New heads start fresh, with zero moments and the run's Adam step count. The
+zero moments. New heads start fresh, with zero moments and the run's Adam step count; a
+sharing architecture's new gates too, while a new task's column or own experts start from
+the mean of the carried columns / shared experts (``warm_starts``). The
 LR schedule and the engine's step counters continue where they were. ZeRO-3 is refused:
 its parameters are partitioned at construction, before this could move them.
 """
@@ -115,6 +117,23 @@ def write_parameter_states(
     return fresh
 
 
+def warm_starts(
+    states: Mapping[str, Mapping[str, Tensor]], names: list[str]
+) -> dict[str, dict[str, Tensor]]:
+    """New parameters of a sharing architecture that start from carried ones: a new task's
+    column is the mean of the existing columns, its own experts the mean of the shared
+    experts (``ernie_cpt.model.sharing.warm_start_sources``); zero moments."""
+    from ernie_cpt.model.sharing import warm_start_sources
+
+    out: dict[str, dict[str, Tensor]] = {}
+    for name in names:
+        sources = [] if name in states else warm_start_sources(name, states)
+        if sources:
+            out[name] = {"param": torch.stack([states[s]["param"] for s in sources]).mean(0)}
+            log.info("new parameter %s starts as the mean of %d carried ones", name, len(sources))
+    return out
+
+
 def transfer(old_engine: Any, new_engine: Any) -> list[str]:
     """Move parameters, moments, LR position and step counters; returns fresh parameter names."""
     if new_engine.zero_optimization_stage() == 3:
@@ -122,6 +141,7 @@ def transfer(old_engine: Any, new_engine: Any) -> list[str]:
             "adding tasks to a resumed run needs ZeRO stage 0-2 (ZeRO-3 partitions parameters)"
         )
     states, step = read_parameter_states(old_engine)
+    states.update(warm_starts(states, [n for n, _ in new_engine.module.named_parameters()]))
     fresh = write_parameter_states(new_engine, states, step)
     if old_engine.lr_scheduler is not None and new_engine.lr_scheduler is not None:
         new_engine.lr_scheduler.step(old_engine.lr_scheduler.last_batch_iteration)

@@ -9,7 +9,8 @@ layers (and still loads with ``AutoModel``), the architecture owns copies of the
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import re
+from collections.abc import Iterable, Mapping
 from types import ModuleType
 from typing import Any
 
@@ -22,7 +23,19 @@ KINDS: dict[str, ModuleType] = {
     module.KIND: module for module in (hard, soft, cross_stitch, mmoe, cgc, ple, task_moe)
 }
 
-__all__ = ["KINDS", "Routed", "build_sharing", "gate_statistics", "split_encoder"]
+__all__ = [
+    "KINDS",
+    "Routed",
+    "build_sharing",
+    "gate_statistics",
+    "split_encoder",
+    "warm_start_sources",
+]
+
+# A new task's column (soft, cross-stitch) starts as the mean of the existing tasks' columns;
+# its own experts (CGC, PLE) as the mean of the shared experts of the same level.
+_COLUMN = re.compile(r"^(?P<pre>(?:.*\.)?sharing\.)columns\.(?P<task>[^.]+)\.(?P<rest>.+)$")
+_OWN = re.compile(r"^(?P<pre>(?:.*\.)?sharing\.(?:.*\.)?)own\.(?P<task>[^.]+)\.\d+\.(?P<rest>.+)$")
 
 
 def split_encoder(encoder: nn.Module, top_layers: int) -> list[nn.Module]:
@@ -65,3 +78,20 @@ def build_sharing(
         fresh=fresh,
         seed=settings.seed,
     )
+
+
+def warm_start_sources(name: str, carried: Iterable[str]) -> list[str]:
+    """For a parameter ``name`` of a task added to a resumed run, the carried parameters
+    whose mean it starts from (empty: keep its fresh initialisation, e.g. a new gate)."""
+    carried = list(carried)
+    column = _COLUMN.match(name)
+    if column:
+        pre, rest = column["pre"], column["rest"]
+        pattern = re.compile(rf"^{re.escape(pre)}columns\.[^.]+\.{re.escape(rest)}$")
+        return [c for c in carried if pattern.match(c)]
+    own = _OWN.match(name)
+    if own:
+        pre, rest = own["pre"], own["rest"]
+        pattern = re.compile(rf"^{re.escape(pre)}shared\.\d+\.{re.escape(rest)}$")
+        return [c for c in carried if pattern.match(c)]
+    return []

@@ -50,8 +50,8 @@ class CGCLevel(nn.Module):
         self.gates = nn.ModuleDict(
             {t: TaskGate(hidden_size, own_n + shared_n, lv, std) for t, lv in self.levels.items()}
         )
-        # PLE: the shared stream's gate over [every task's experts in task order ; shared];
-        # new tasks append rows (gates have no bias), so trained rows are carried.
+        # PLE: the shared stream's gate over [shared ; every task's experts in task order]:
+        # a task added later appends rows (gates have no bias), so trained rows are carried.
         n_all = own_n * len(self.levels) + shared_n
         self.shared_gate = TaskGate(hidden_size, n_all, "token", std) if shared_gate else None
 
@@ -68,7 +68,7 @@ class CGCLevel(nn.Module):
             outputs[task] = mix(own_out[task] + shared_out, gates[task])
         new_shared = None
         if self.shared_gate is not None:
-            every = [o for t in self.levels for o in own_out[t]] + shared_out
+            every = shared_out + [o for t in self.levels for o in own_out[t]]
             new_shared = mix(every, self.shared_gate(shared_in))
         return outputs, new_shared, gates
 

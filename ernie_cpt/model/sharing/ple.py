@@ -4,7 +4,7 @@ encoder layers is one extraction level, its experts copies of that layer.
 
 At level l (all (B, T, H)): task t's stream x_t and the shared stream s enter;
     x_t <- sum_e g_t(x_t)[e] * [experts_t(x_t) ; shared(s)]_e
-    s   <- sum_e g_s(s)[e] * [experts_1(x_1) ; ... ; experts_n(x_n) ; shared(s)]_e
+    s   <- sum_e g_s(s)[e] * [shared(s) ; experts_1(x_1) ; ... ; experts_n(x_n)]_e
 (the shared gate g_s only below the top level). Token-level tasks gate per token,
 sentence-level tasks on the [CLS] vector; the shared gate is per token. Below the top
 level every task's stream runs (the shared gate reads all of them); at the top level only
