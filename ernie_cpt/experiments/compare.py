@@ -51,6 +51,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -343,26 +344,51 @@ def run_training(
             stderr=subprocess.STDOUT,
             env=child_env(threads),
             preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+            start_new_session=True,  # a terminal's Ctrl-C reaches it once, forwarded by us
         )
-        try:
-            while True:
-                try:
-                    code = process.wait(timeout=interval)
-                    break
-                except subprocess.TimeoutExpired:
-                    step = steps_done(run_dir)
-                    if step != last:
-                        echo(f"{label}: step {step}/{total_steps or '?'}")
-                        last = step
-        except BaseException:
-            process.terminate()
-            process.wait()
-            raise
+        with forwarding_signals(process) as received:
+            try:
+                while True:
+                    try:
+                        code = process.wait(timeout=interval)
+                        break
+                    except subprocess.TimeoutExpired:
+                        step = steps_done(run_dir)
+                        if step != last:
+                            echo(f"{label}: step {step}/{total_steps or '?'}")
+                            last = step
+            except BaseException:
+                process.terminate()
+                process.wait()
+                raise
     seconds = time.perf_counter() - started
     row = {"finished": datetime.now(timezone.utc).isoformat(), "seconds": seconds, "rc": code}
     with (run_dir / ATTEMPTS_FILE).open("a", encoding="utf-8") as handle:
         handle.write(json.dumps(row) + "\n")
+    if received:  # the run checkpointed and stopped: so does the comparison (resumable)
+        raise SystemExit(128 + received[0])
     return code
+
+
+@contextlib.contextmanager
+def forwarding_signals(process: subprocess.Popen) -> Iterator[list[int]]:
+    """Pass SIGTERM/SIGINT to the training child, which checkpoints and exits; yields the
+    signals received (main thread only: elsewhere nothing is installed)."""
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+
+    def forward(signum: int, frame: object) -> None:
+        received.append(signum)
+        process.send_signal(signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield received
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def resume_note(run_dir: Path) -> str:
