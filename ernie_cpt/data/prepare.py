@@ -4,7 +4,15 @@
 id, trains (or loads) the tokenizer, and has every task build its examples with
 ``datasets.map`` (``num_proc`` workers). Each document gets its own RNG seeded from
 (seed, task, document id), so output does not depend on the number of workers. Documents a
-task cannot use are counted by reason in ``data_report.json``.
+task cannot use are counted by reason in ``data_report.json``; a task left with no training
+example is an error (or dropped with ``data.on_empty_task: skip``).
+
+Memory stays flat in the corpus size: documents and examples live in memory-mapped Arrow
+files (``load_from_disk``); statistics come from Arrow compute or batch by batch; the
+"other document" sentence pool is a reservoir sample; the tokenizer reads an iterator over
+an even sample of about ``TOKENIZER_SAMPLE_CHARS`` characters. ``shard=(i, N)`` (``ernie-cpt
+prepare --shard i/N``) prepares every N-th raw record from the i-th into its own folder of
+the same prepared output; a later unsharded call reads the N shards as one.
 """
 
 from __future__ import annotations
@@ -13,6 +21,7 @@ import functools
 import hashlib
 import json
 import logging
+import math
 import os
 import random
 import shutil
@@ -50,6 +59,9 @@ COLUMN_TYPES = {
 }
 SENTENCE_POOL_SIZE = 200_000
 ON_EMPTY_TASK = ("error", "skip")
+# The tokenizer is trained on every stride-th training document, the stride chosen so that
+# about this many characters are read (corpora up to this size: all of them).
+TOKENIZER_SAMPLE_CHARS = 200_000_000
 # The prepared examples' format version (with the corpus PIPELINE_VERSION in every cache key).
 DATA_FORMAT_VERSION = 2
 
@@ -271,10 +283,11 @@ def default_cache_dir(config: RunConfig) -> Path:
     return Path(os.environ.get("ERNIE_CPT_CACHE", Path.home() / ".cache" / "ernie-cpt"))
 
 
-def sentence_texts(documents: datasets.Dataset, limit: int | None) -> Any:
-    """Yield sentences of (the first ``limit``) documents, for tokenizer training."""
+def sentence_texts(documents: datasets.Dataset, limit: int | None, stride: int = 1) -> Any:
+    """Yield sentences of (the first ``limit``) documents, every ``stride``-th one, for
+    tokenizer training."""
     count = len(documents) if limit is None else min(limit, len(documents))
-    chosen = documents.select(range(count)).select_columns(["paragraphs"])
+    chosen = documents.select(range(0, count, stride)).select_columns(["paragraphs"])
     for batch in chosen.iter(batch_size=256):  # a batch at a time: memory stays flat
         for paragraphs in batch["paragraphs"]:
             for paragraph in paragraphs:
@@ -362,8 +375,10 @@ def _split_documents(
 
 def _lazy_sentences(splits: Callable[[], Any], limit: int | None) -> Iterator[str]:
     """Tokenizer training text; the documents are built only if the tokenizer is trained."""
-    (train_docs, _), _, _ = splits()
-    yield from sentence_texts(train_docs, limit)
+    (train_docs, _), stats, _ = splits()
+    # An even spread of about TOKENIZER_SAMPLE_CHARS of text: every document when smaller.
+    stride = max(1, math.ceil(stats.get("characters", 0) / TOKENIZER_SAMPLE_CHARS))
+    yield from sentence_texts(train_docs, limit, stride)
 
 
 def _complete_shards(root: Path) -> list[Path]:
