@@ -155,3 +155,18 @@ def test_unknown_task_name_suggests_the_closest() -> None:
     assert str(error.value).startswith(
         "unknown task 'sentence_distanse' (did you mean \"sentence_distance\"?); known: ["
     )
+
+
+def test_no_task_module_imports_another_task_module() -> None:
+    """Shared code lives in base/packing/spans/masking, so a task can be removed or copied
+    as a template without touching the others."""
+    import ast
+
+    task_modules = {cls.__module__ for cls in pretrain_tasks.TASKS.values()}
+    imports = {}
+    for module in sorted(task_modules):
+        tree = ast.parse(Path(sys.modules[module].__file__).read_text(encoding="utf-8"))
+        found = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+        found |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        imports[module] = sorted(found & (task_modules - {module}))
+    assert imports == dict.fromkeys(sorted(task_modules), [])
