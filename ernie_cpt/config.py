@@ -327,6 +327,20 @@ def save_config(config: RunConfig, path: str | Path) -> None:
 
 
 def diff_configs(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
-    """List dotted keys whose values differ between two flattened config dicts."""
+    """List dotted keys whose values differ between two flattened config dicts.
+
+    A key one side lacks and the other holds as None or an empty mapping or list (an optional
+    section added since, e.g. ``schedule.sampling_options: {}``) is not a difference, so
+    a run saved before the key existed still matches its config.
+    """
     a, b = flatten(old), flatten(new)
-    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+    missing = object()
+
+    def differs(key: str) -> bool:
+        x, y = a.get(key, missing), b.get(key, missing)
+        if missing in (x, y):
+            other = y if x is missing else x
+            return not (other is None or isinstance(other, (Mapping, list)) and not other)
+        return x != y
+
+    return sorted(k for k in set(a) | set(b) if differs(k))

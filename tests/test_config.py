@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -117,3 +118,17 @@ def test_fixed_sampling_without_weights_is_a_clear_error():
     config = load_config(None, ["tasks=[mlm, sentence_distance]", *FIXED_SAMPLING[:3]])
     with pytest.raises(ValueError, match="sampling 'fixed' needs sampling_options.weights"):
         schedule_from_config(config)
+
+
+def test_a_key_added_since_a_run_was_saved_is_not_a_difference():
+    """A checkpoint saved before schedule.sampling_options existed still resumes."""
+    new = RunConfig().to_dict()
+    old = json.loads(json.dumps(new))
+    del old["schedule"]["sampling_options"]
+    assert new["schedule"]["sampling_options"] == {}
+    assert diff_configs(old, new) == []
+    changed = json.loads(json.dumps(new))
+    changed["schedule"]["sampling_options"] = {"weights": {"mlm": 2}}
+    assert diff_configs(old, changed) == ["schedule.sampling_options.weights.mlm"]
+    del old["schedule"]["seed"]  # a missing non-empty value still counts
+    assert diff_configs(old, new) == ["schedule.seed"]
