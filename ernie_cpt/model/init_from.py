@@ -219,4 +219,12 @@ def load_init_checkpoint(model: nn.Module, path: Path) -> InitReport:
     report = InitReport(loaded=loaded, fresh=fresh, ignored=ignored)
     model.tie_weights()
     log.info(report.line(path))
+    act = model.encoder.config.hidden_act
+    if act != "gelu" and _masked_lm_heads(model):  # our MaskedLMHead's transform uses GELU
+        log.warning(
+            "init_from %s: the checkpoint's hidden_act is %r; the masked-LM heads' transform "
+            "uses GELU, so they start from its weights but not its exact function",
+            path,
+            act,
+        )
     return report
