@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ernie_cpt.config import TokenizerConfig
-from pretrain_tasks.base import IGNORE_INDEX, SkipDocument, binary_token_metrics, pack_sentences
+from pretrain_tasks.base import IGNORE_INDEX, SkipDocument, binary_token_metrics
 from pretrain_tasks.capitalization import (
     CapitalizationSettings,
     CapitalizationTask,
@@ -35,7 +35,9 @@ from pretrain_tasks.knowledge_masking import (
     select_non_overlapping,
     units_from_spans,
 )
-from pretrain_tasks.mlm import MLMSettings, MLMTask, unit_mask
+from pretrain_tasks.masking import unit_mask
+from pretrain_tasks.mlm import MLMSettings, MLMTask
+from pretrain_tasks.packing import pack_sentences
 from pretrain_tasks.sentence_distance import SentenceDistanceSettings, SentenceDistanceTask
 from pretrain_tasks.token_document_relation import (
     TokenDocumentRelationSettings,
