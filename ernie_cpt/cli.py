@@ -1,16 +1,38 @@
-"""The ``ernie-cpt`` command: train, prepare, export, tasks, schedule."""
+"""The ``ernie-cpt`` command: check, train, prepare, export, tasks, schedule, compare,
+evaluate, finetune.
+
+stdout holds only a command's result (JSON where it is data: ``ernie-cpt train ... >
+summary.json`` works); progress bars and ernie-cpt's messages go to stderr; the libraries'
+chatter goes to the run's log file (``<run>/run.log``) unless ``-v``. A user error (the
+project's ``ErnieCptError``, or a plug-in's ``OptionsError``) is one ``ernie-cpt: error:``
+message and exit status 2; anything else is a bug and keeps its traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
-import logging
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, TextIO
 
-from ernie_cpt.config import ConfigError, RunConfig, load_config
+from ernie_cpt import __version__, logs
+from ernie_cpt.config import ConfigError, RunConfig
+from ernie_cpt.errors import ErnieCptError
+from schedules.options import OptionsError
+
+USER_ERRORS = (ErnieCptError, OptionsError)
+_RESULT: dict[str, TextIO] = {}  # the real stdout while a command runs (see main)
+
+
+def emit(text: str) -> None:
+    """Write a command's result to stdout (everything else that prints goes to stderr)."""
+    stream = _RESULT.get("stdout", sys.stdout)
+    stream.write(text + "\n")
+    stream.flush()
 
 
 def _offline_defaults() -> None:
@@ -36,20 +58,53 @@ def _config_args(parser: argparse.ArgumentParser, required: bool = True) -> None
     )
 
 
-def _load(args: argparse.Namespace) -> RunConfig:
+def _config_path(args: argparse.Namespace) -> str:
     path = args.config_option or args.config
     if path is None:
         raise ConfigError(
-            "a config file is needed: ernie-cpt COMMAND CONFIG (e.g. configs/demo.yaml)"
+            f"a config file is needed: ernie-cpt {args.command} CONFIG (e.g. configs/demo.yaml)"
         )
-    return load_config(path, args.overrides)
+    return path
+
+
+def _overrides(args: argparse.Namespace) -> list[str]:
+    """``--set`` values, plus ``--threads`` / ``--cache-dir`` as the config keys they set."""
+    extra = []
+    if getattr(args, "threads", None):
+        extra.append(f"train.threads={args.threads}")
+    if getattr(args, "cache_dir", None):
+        extra.append(f"data.cache_dir={args.cache_dir}")
+    return [*args.overrides, *extra]
+
+
+def _load(args: argparse.Namespace, **check: Any) -> RunConfig:
+    """``validate.require``: the config with every problem listed at once, or CheckFailed."""
+    from ernie_cpt.validate import require
+
+    return require(_config_path(args), _overrides(args), **check)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """Validate a config (and a run directory) before any expensive work; print what it runs."""
+    from ernie_cpt.validate import CheckFailed, check
+
+    path = _config_path(args)
+    report = check(
+        path, _overrides(args), args.output_dir, resume=args.resume, overwrite=args.overwrite
+    )
+    if report.problems:
+        raise CheckFailed(report.problems, path)
+    emit(json.dumps({"ok": True, "config": path, **report.notes}, indent=2))
+    return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Run or resume training."""
+    config = _load(args, output_dir=args.output_dir, resume=args.resume, overwrite=args.overwrite)
+    logs.attach_file(Path(args.output_dir) / "run.log")
+    logs.tame_libraries(deepspeed=True)
     from ernie_cpt.training.loop import RunOptions, train
 
-    config = _load(args)
     options = RunOptions(
         resume=args.resume,
         overwrite=args.overwrite,
@@ -61,20 +116,37 @@ def cmd_train(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:  # Ctrl-C before the loop (data preparation): no traceback
         print("ernie-cpt: interrupted", file=sys.stderr)
         return 130
+    _note_early_stop(summary)
     if int(os.environ.get("RANK", "0")) == 0:
-        print(json.dumps(summary, indent=2))
+        emit(json.dumps(summary, indent=2))
     return summary["exit_code"]  # 143 / 130 after a checkpoint on SIGTERM / SIGINT
+
+
+def _note_early_stop(summary: dict[str, Any]) -> None:
+    """A run that stopped before its schedule's end says so (and that nothing was exported)."""
+    if summary["steps"] >= summary["total_steps"]:
+        return
+    summary["stopped_early"] = True
+    summary["exported"] = False
+    why = summary.get("stopped_by", "--max-steps")
+    print(
+        f"ernie-cpt: stopped early at step {summary['steps']} of {summary['total_steps']} "
+        f"({why}): checkpoint saved, nothing exported; run the same command without "
+        "--max-steps to continue",
+        file=sys.stderr,
+    )
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
     """Build (or find cached) per-task example datasets and print the data report."""
-    from ernie_cpt.data.prepare import parse_shard, prepare_data
-
     config = _load(args)
+    from ernie_cpt.data.prepare import default_cache_dir, parse_shard, prepare_data
+
     shard = parse_shard(args.shard) if args.shard else None
-    cache_dir = Path(args.cache_dir) if args.cache_dir else None
-    data = prepare_data(config, cache_dir=cache_dir, shard=shard)
-    print(json.dumps(data.report, indent=2))
+    logs.attach_file(default_cache_dir(config) / "prepare.log")
+    logs.tame_libraries()
+    data = prepare_data(config, shard=shard)
+    emit(json.dumps(data.report, indent=2))
     print(f"prepared data: {data.root}", file=sys.stderr)
     return 0
 
@@ -83,13 +155,15 @@ def cmd_export(args: argparse.Namespace) -> int:
     """Export a run's newest valid checkpoint as a Hugging Face directory."""
     from ernie_cpt.export import export_run
 
+    logs.attach_file(Path(args.run_dir) / "run.log")
+    logs.tame_libraries()
     out = export_run(
         Path(args.run_dir),
         Path(args.out),
         Path(args.checkpoint) if args.checkpoint else None,
         overwrite=args.overwrite,
     )
-    print(out)
+    emit(str(out))
     return 0
 
 
@@ -103,7 +177,7 @@ def cmd_tasks(args: argparse.Namespace) -> int:
     ]
     width = max(len(r[0]) for r in rows)
     for name, family, level, doc in rows:
-        print(f"{name:<{width}}  {family:<15}  {level:<8}  {doc}")
+        emit(f"{name:<{width}}  {family:<15}  {level:<8}  {doc}")
     return 0
 
 
@@ -112,7 +186,7 @@ def cmd_schedule(args: argparse.Namespace) -> int:
     from ernie_cpt.training.loop import schedule_from_config
     from schedules.table import format_stage_table
 
-    print(format_stage_table(schedule_from_config(_load(args))))
+    emit(format_stage_table(schedule_from_config(_load(args))))
     return 0
 
 
@@ -141,7 +215,8 @@ def _finetune_args(parser: argparse.ArgumentParser, prefix: str = "") -> None:
     )
     add(f"--{prefix}dev-fraction", type=float, default=d.dev_fraction, help="held out as dev")
     add(f"--{prefix}task-id", type=int, default=d.task_id, help="task embedding id of inputs")
-    add(f"--{prefix}threads", type=int, default=None, help="torch CPU threads")
+    if prefix:  # unprefixed, --threads is one of every subcommand's common flags
+        add(f"--{prefix}threads", type=int, default=None, help="torch CPU threads")
 
 
 def _finetune_config(args: argparse.Namespace, prefix: str = "") -> object:
@@ -170,9 +245,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
     )
     from ernie_cpt.experiments.mtdnn import MultitaskConfig
 
-    path = args.config_option or args.config
-    if path is None:
-        raise ConfigError("a config file is needed: ernie-cpt compare CONFIG --schedules ...")
+    path = _config_path(args)
+    logs.attach_file(Path(args.output_dir) / "compare.log")
+    logs.tame_libraries()
     downstream = None
     if args.downstream:
         downstream = DownstreamPlan(
@@ -188,7 +263,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     try:
         summary = compare(
             path,
-            args.overrides,
+            [*args.overrides, *([f"data.cache_dir={args.cache_dir}"] if args.cache_dir else [])],
             parse_schedules(args.schedules),
             args.seeds,
             Path(args.output_dir),
@@ -205,7 +280,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         return 1
     from ernie_cpt.experiments.report import summary_table
 
-    print("\n".join(summary_table(summary)))
+    emit("\n".join(summary_table(summary)))
     return 0
 
 
@@ -214,6 +289,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from ernie_cpt.experiments.finetune import evaluate_model
     from ernie_cpt.experiments.report import json_safe
 
+    logs.tame_libraries()
     result = evaluate_model(
         args.model_dir,
         args.data,
@@ -228,7 +304,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     text = json.dumps(json_safe(result), indent=2)
     if args.out:
         Path(args.out).write_text(text + "\n", encoding="utf-8")
-    print(text)
+    emit(text)
     return 0
 
 
@@ -238,6 +314,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     from ernie_cpt.experiments.mtdnn import MultitaskConfig, finetune_tasks
     from ernie_cpt.experiments.report import json_safe
 
+    logs.attach_file(Path(args.output_dir) / "run.log")
+    logs.tame_libraries()
     config = _finetune_config(args)
     tasks = resolve_all(
         args.data,
@@ -265,15 +343,16 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     text = json.dumps(json_safe(result), indent=2)
     if args.out:
         Path(args.out).write_text(text + "\n", encoding="utf-8")
-    print(text)
+    emit(text)
     return 0
 
 
 def _finetune_parser(sub: argparse._SubParsersAction) -> None:
-    finetune = sub.add_parser(
+    finetune = _command(
+        sub,
         "finetune",
-        help="fine-tune an exported model on one or more tasks (MT-DNN with --multitask)",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        "fine-tune an exported model on one or more tasks (MT-DNN with --multitask)",
+        cmd_finetune,
     )
     add = finetune.add_argument
     add("model_dir", help="an export directory (AutoModel-loadable)")
@@ -295,65 +374,123 @@ def _finetune_parser(sub: argparse._SubParsersAction) -> None:
     add("--no-progress", action="store_true", help="no progress bars on stderr")
     add("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:1 ...")
     _finetune_args(finetune)
-    finetune.set_defaults(func=cmd_finetune)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of every subcommand."""
-    parser = argparse.ArgumentParser(prog="ernie-cpt", description=__doc__)
+def _common_flags() -> argparse.ArgumentParser:
+    """-v, --threads and --cache-dir: the same on every subcommand."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="debug logging, and the libraries' messages on stderr too (default: off: they "
+        "go to the log file)",
+    )
+    common.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (sets train.threads; for compare, each run's OMP_NUM_THREADS)",
+    )
+    common.add_argument(
+        "--cache-dir",
+        default=None,
+        help="prepared-data cache (sets data.cache_dir; default: $ERNIE_CPT_CACHE or "
+        "~/.cache/ernie-cpt)",
+    )
+    return common
+
+
+_COMMON = _common_flags()
+
+
+def _command(
+    sub: argparse._SubParsersAction, name: str, help: str, func: Any
+) -> argparse.ArgumentParser:
+    """A subcommand with the common flags, its defaults shown in --help."""
+    parser = sub.add_parser(
+        name,
+        help=help,
+        description=help,
+        parents=[_COMMON],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.set_defaults(func=func)
+    return parser
+
+
+def _run_dir_args(parser: argparse.ArgumentParser) -> None:
+    """--resume / --overwrite, read alike by train and check."""
     parser.add_argument(
-        "--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS
+        "--resume",
+        choices=("auto", "must", "never"),
+        default="auto",
+        help="auto: continue from the newest valid checkpoint if there is one; must: refuse "
+        "to start without one; never: refuse a directory holding a run",
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    train = sub.add_parser("train", help="train (or resume) a run")
-    _config_args(train)
-    train.add_argument("--output-dir", required=True, help="run directory")
-    train.add_argument(
-        "--max-steps", type=int, default=None, help="stop after this many steps (smoke runs)"
-    )
-    train.add_argument("--resume", choices=("auto", "must", "never"), default="auto")
-    train.add_argument(
+    parser.add_argument(
         "--overwrite",
         action="store_true",
         help="start a new run in a used directory (the old one moves to DIR.old-<time>)",
     )
+
+
+def _train_parsers(sub: argparse._SubParsersAction) -> None:
+    check = _command(
+        sub, "check", "validate a config and run directory (every problem at once)", cmd_check
+    )
+    _config_args(check)
+    check.add_argument("--output-dir", default=None, help="the run directory to check")
+    _run_dir_args(check)
+
+    train = _command(sub, "train", "train (or resume) a run; prints a JSON summary", cmd_train)
+    _config_args(train)
+    train.add_argument("--output-dir", required=True, help="run directory")
+    train.add_argument(
+        "--max-steps",
+        type=int,
+        default=None,
+        help="stop after this many steps with a checkpoint and no export (smoke runs)",
+    )
+    _run_dir_args(train)
     train.add_argument(
         "--trust-checkpoint",
         action="store_true",
         help="UNSAFE: unpickle checkpoint files that are not weights-only (old runs you made)",
     )
-    train.set_defaults(func=cmd_train)
 
-    prepare = sub.add_parser("prepare", help="prepare per-task datasets and print the data report")
+    prepare = _command(
+        sub, "prepare", "prepare per-task datasets and print the data report", cmd_prepare
+    )
     _config_args(prepare)
-    prepare.add_argument("--cache-dir", default=None)
     prepare.add_argument(
         "--shard", default=None, help="i/N: prepare only the i-th of N parts (one job each)"
     )
-    prepare.set_defaults(func=cmd_prepare)
 
-    export = sub.add_parser("export", help="export a run as a Hugging Face model directory")
-    export.add_argument("run_dir")
-    export.add_argument("out")
+    export = _command(sub, "export", "export a run as a Hugging Face model directory", cmd_export)
+    export.add_argument("run_dir", help="a run directory (train --output-dir)")
+    export.add_argument("out", help="the export directory to write")
     export.add_argument("--checkpoint", default=None, help="a specific checkpoint directory")
     export.add_argument(
         "--overwrite",
         action="store_true",
         help="replace OUT when it holds a previous export (anything else is never replaced)",
     )
-    export.set_defaults(func=cmd_export)
 
-    tasks = sub.add_parser("tasks", help="list pre-training tasks")
-    tasks.set_defaults(func=cmd_tasks)
-
-    schedule = sub.add_parser("schedule", help="print the stage table of a config's schedule")
+    _command(sub, "tasks", "list pre-training tasks", cmd_tasks)
+    schedule = _command(
+        sub, "schedule", "print the stage table of a config's schedule", cmd_schedule
+    )
     _config_args(schedule)
-    schedule.set_defaults(func=cmd_schedule)
 
-    compare = sub.add_parser(
-        "compare", help="compare schedules over seeds at matched compute (resumable)"
+
+def _compare_parser(sub: argparse._SubParsersAction) -> None:
+    compare = _command(
+        sub,
+        "compare",
+        "compare schedules over seeds at matched compute (resumable)",
+        cmd_compare,
     )
     _config_args(compare)
     compare.add_argument("--output-dir", required=True, help="comparison directory")
@@ -395,28 +532,48 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also evaluate each stage's end checkpoint (raise train.keep_checkpoints to keep them)",
     )
-    compare.add_argument(
-        "--threads", type=int, default=None, help="OMP_NUM_THREADS of the training runs"
-    )
     compare.add_argument("--no-wandb", action="store_true", help="skip the W&B summary run")
     compare.add_argument(
         "--progress-every", type=float, default=15.0, help="seconds between progress lines"
     )
-    compare.set_defaults(func=cmd_compare)
 
-    evaluate = sub.add_parser(
-        "evaluate", help="fine-tune an exported model on labelled data (median over seeds)"
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
+    parser = argparse.ArgumentParser(prog="ernie-cpt", description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"ernie-cpt {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _train_parsers(sub)
+    _compare_parser(sub)
+    evaluate = _command(
+        sub,
+        "evaluate",
+        "fine-tune an exported model on one labelled set (median over seeds)",
+        cmd_evaluate,
     )
     evaluate.add_argument("model_dir", help="an export directory (AutoModel-loadable)")
     evaluate.add_argument("--data", required=True, help="labelled TSV (with header) or JSONL")
     evaluate.add_argument("--dev", default=None, help="dev file (default: hold out a fraction)")
     evaluate.add_argument("--text-fields", default=None, help="e.g. sentence1,sentence2")
-    evaluate.add_argument("--label-field", default=None)
+    evaluate.add_argument("--label-field", default=None, help="the label column")
     evaluate.add_argument("--out", default=None, help="also write the result JSON here")
     _finetune_args(evaluate)
-    evaluate.set_defaults(func=cmd_evaluate)
     _finetune_parser(sub)
     return parser
+
+
+def _apply_common(args: argparse.Namespace) -> None:
+    """--threads and --cache-dir for what the config does not reach (libraries, subprocesses)."""
+    if args.threads:
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)
+        if "torch" in sys.modules:
+            sys.modules["torch"].set_num_threads(args.threads)
+    if args.cache_dir:
+        os.environ["ERNIE_CPT_CACHE"] = str(args.cache_dir)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -425,17 +582,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.local_rank is not None:  # the deepspeed launcher passes --local_rank
         os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    for noisy in ("DeepSpeed", "deepspeed", "datasets", "httpx", "urllib3", "bm25s"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    try:
-        return args.func(args)
-    except (ConfigError, ValueError, FileNotFoundError) as error:
+    logs.setup(verbose=args.verbose)
+    _apply_common(args)
+    _RESULT["stdout"] = sys.stdout
+    try:  # what libraries print goes to the log: stdout is the result's
+        with contextlib.redirect_stdout(logs.PrintedLines()):  # type: ignore[arg-type]
+            return args.func(args)
+    except USER_ERRORS as error:
         print(f"ernie-cpt: error: {error}", file=sys.stderr)
         return 2
+    finally:
+        _RESULT.clear()
 
 
 if __name__ == "__main__":

@@ -17,10 +17,11 @@ from typing import Any
 
 import yaml
 
+from ernie_cpt.errors import ErnieCptError
 from schedules.options import OptionsError, bounded, build_settings, did_you_mean, probability
 
 
-class ConfigError(OptionsError):
+class ConfigError(OptionsError, ErnieCptError):
     """A configuration that cannot be used, with a message meant for the user."""
 
 
@@ -297,22 +298,44 @@ def config_from_dict(tree: Mapping[str, Any]) -> RunConfig:
     if not isinstance(tasks, Mapping) or not tasks:
         raise ConfigError("tasks: expected a non-empty mapping of task name -> options")
     tasks = {str(k): dict(v or {}) for k, v in tasks.items()}
+    problems = cross_section_problems(sections)
+    if problems:
+        raise ConfigError("; ".join(problems))
+    return RunConfig(tasks=tasks, **sections)
+
+
+def cross_section_problems(sections: Mapping[str, Any]) -> list[str]:
+    """Combinations of valid sections that cannot run together (``ernie-cpt check`` lists them)."""
+    problems = []
     if sections["sharing"].kind != "hard" and sections["train"].zero_stage == 3:
-        raise ConfigError(
+        problems.append(
             f"sharing.kind {sections['sharing'].kind!r} needs ZeRO stage 0-2: every step touches "
             "the task-specific modules of tasks absent from it with a zero-weighted sum of their "
             "parameters, read outside those modules' own forward, where ZeRO-3 holds them "
             "partitioned; and adding tasks to a resumed run (new gates/columns) refuses ZeRO-3"
         )
-    return RunConfig(tasks=tasks, **sections)
+    return problems
+
+
+def read_yaml(path: str | Path) -> Any:
+    """``yaml.safe_load`` of a config file; a missing or unparsable file is a ConfigError."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"config file {path}: cannot be read ({error})") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"config file {path}: not valid YAML ({error})") from error
 
 
 def load_config(path: str | Path | None, overrides: Iterable[str] = ()) -> RunConfig:
     """Read a YAML config (``yaml.safe_load``), apply ``--set`` overrides, validate."""
     tree: dict[str, Any] = {}
     if path is not None:
-        text = Path(path).read_text(encoding="utf-8")
-        loaded = yaml.safe_load(text)
+        loaded = read_yaml(path)
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"{path}: the top level must be a mapping")
         tree = loaded or {}

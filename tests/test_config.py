@@ -84,8 +84,9 @@ def test_save_round_trip_and_fingerprint(tmp_path):
 def test_yaml_is_read_safely(tmp_path):
     path = tmp_path / "evil.yaml"
     path.write_text("train: !!python/object/apply:os.system ['echo hacked']\n")
-    with pytest.raises(yaml.constructor.ConstructorError):
+    with pytest.raises(ConfigError, match="not valid YAML") as raised:  # one line, no traceback
         load_config(path)
+    assert isinstance(raised.value.__cause__, yaml.constructor.ConstructorError)
 
 
 FIXED_SAMPLING = [

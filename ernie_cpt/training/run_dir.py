@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 LOCK = ".lock"
 RUN_FILES = ("metrics.jsonl", "eval.jsonl", "checkpoints")
-KEEP_IN_PLACE = (LOCK, "train.log")
+KEEP_IN_PLACE = (LOCK, "train.log", "run.log")
 
 
 class RunDirError(SystemExit):
@@ -158,7 +158,7 @@ def choose_checkpoint(run_dir: Path, mode: str, overwrite: bool) -> Path | None:
         )
     if holds_run(run_dir):  # auto, and an earlier attempt wrote logs but no checkpoint
         archive(run_dir, RUN_FILES)
-    log.warning("no valid checkpoint under %s: starting fresh", root)
+    log.info("no checkpoint under %s: starting fresh", root)
     return None
 
 

@@ -27,6 +27,7 @@ from ernie_cpt.training.build import build_module, build_schedule_for, build_str
 from ernie_cpt.training.engine import build_engine, init_distributed
 from ernie_cpt.training.run_dir import choose_checkpoint
 from ernie_cpt.training.train_module import describe
+from ernie_cpt.validate import require_config
 from pretrain_tasks.base import stable_seed
 from schedules import Schedule
 
@@ -103,8 +104,8 @@ def find_checkpoint(run_dir: Path, options: RunOptions, rank: int) -> Path | Non
 
 def setup(config: RunConfig, run_dir: Path, options: RunOptions) -> Run:
     """Process group, data, model, engine and (possibly restored) state."""
-    if config.train.grad_telemetry_every and config.train.zero_stage == 3:
-        raise ValueError("train.grad_telemetry_every needs full parameters: use ZeRO stage 0-2")
+    # ``ernie-cpt check``: every problem at once, before any data is prepared
+    require_config(config, run_dir, resume=options.resume, overwrite=options.overwrite)
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
     rank, world_size = init_distributed()
