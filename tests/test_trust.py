@@ -11,15 +11,18 @@ import json
 import os
 import pickle
 import random
+import shutil
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, cli_env
+from conftest import REPO, cli_env, run_cli
 
 from ernie_cpt.training import checkpoint as ckpt
 from ernie_cpt.training import run_dir as rd
@@ -294,3 +297,186 @@ def test_python_and_numpy_global_rngs_are_seeded_per_rank():
     assert (random.random(), float(np.random.rand())) == first
     seed_everything(42, 1)
     assert (random.random(), float(np.random.rand())) != first
+
+
+# ---------------------------------------------------------------- end to end (the CLI)
+def metrics_rows(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, cache_dir):
+    """One uninterrupted 24-step run of the tiny config: (config, run directory)."""
+    import yaml
+    from conftest import TINY_CONFIG
+
+    tree = json.loads(json.dumps(TINY_CONFIG))
+    tree["data"]["cache_dir"] = str(cache_dir)
+    base = tmp_path_factory.mktemp("trust-reference")
+    config = base / "config.yaml"
+    config.write_text(yaml.safe_dump(tree))
+    run_cli("train", str(config), "--output-dir", str(base / "run"))
+    return config, base / "run"
+
+
+@pytest.mark.slow
+def test_fresh_start_into_a_used_directory_refuses_then_overwrite_archives(reference, tmp_path):
+    # probe: --resume never into a directory holding a run deleted its metrics and mixed runs
+    config, _ = reference
+    run = tmp_path / "run"
+    run_cli("train", str(config), "--output-dir", str(run), "--max-steps", "6")
+    refused = run_cli(
+        "train", str(config), "--output-dir", str(run), "--resume", "never", check=False
+    )
+    assert refused.returncode != 0 and "already holds a run" in refused.stderr
+    assert [r["step"] for r in metrics_rows(run)] == list(range(1, 7))
+    run_cli(
+        "train",
+        str(config),
+        "--output-dir",
+        str(run),
+        "--resume",
+        "never",
+        "--overwrite",
+        "--max-steps",
+        "2",
+    )
+    assert [r["step"] for r in metrics_rows(run)] == [1, 2]
+    (old,) = [p for p in tmp_path.iterdir() if p.name.startswith("run.old-")]
+    assert [r["step"] for r in metrics_rows(old)] == list(range(1, 7))
+    assert ckpt.newest_valid(old / "checkpoints").name == "step-00000006"
+    assert ckpt.newest_valid(run / "checkpoints").name == "step-00000002"
+
+
+@pytest.mark.slow
+def test_nan_steps_are_skipped_counted_and_halt_without_a_checkpoint(reference, tmp_path):
+    # probe: a NaN in the encoder from step 3 on trained on, checkpointed, and exited 0
+    config, _ = reference
+    run = tmp_path / "run"
+    result = run_cli(
+        "train",
+        str(config),
+        "--output-dir",
+        str(run),
+        "--max-steps",
+        "10",
+        "--set",
+        "train.max_nonfinite_steps=2",
+        "--set",
+        "train.checkpoint_every=1",
+        env=cli_env(ERNIE_CPT_FAULT="nan_loss:3+"),
+        check=False,
+    )
+    assert result.returncode == 1
+    assert "halting: 2 consecutive steps (3-4) had a non-finite loss" in result.stderr
+    rows = metrics_rows(run)
+    assert [(r["step"], r["skipped"], r["nonfinite_steps"]) for r in rows] == [
+        (1, False, 0),
+        (2, False, 0),
+        (3, True, 1),
+        (4, True, 2),
+    ]
+    assert all(v != v for r in rows[2:] for v in r["losses"].values())  # NaN logged as such
+    # step 3 was skipped (weights unchanged, finite) and checkpointed; step 4 never was
+    assert ckpt.newest_valid(run / "checkpoints").name == "step-00000003"
+    assert not (run / "checkpoints" / "step-00000004").exists()
+    from safetensors.torch import load_file
+
+    weights = load_file(str(run / "checkpoints" / "step-00000003" / "model.safetensors"))
+    before = load_file(str(run / "checkpoints" / "step-00000002" / "model.safetensors"))
+    assert all(torch.equal(weights[k], before[k]) for k in weights)
+
+
+def wait_for_rows(run: Path, count: int, process: subprocess.Popen, limit: float = 300) -> None:
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        path = run / "metrics.jsonl"
+        if path.exists() and len(path.read_text().splitlines()) >= count:
+            return
+        assert process.poll() is None, process.communicate()[1][-3000:]
+        time.sleep(0.05)
+    raise AssertionError(f"fewer than {count} steps after {limit} s")
+
+
+def start_training(config: Path, run: Path) -> subprocess.Popen:
+    command = [sys.executable, "-m", "ernie_cpt.cli", "train", str(config)]
+    return subprocess.Popen(
+        [*command, "--output-dir", str(run)],
+        cwd=REPO,
+        env=cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+@pytest.mark.slow
+def test_sigterm_checkpoints_the_step_and_resume_is_bitwise(reference, tmp_path):
+    # probe: SIGTERM lost the steps since the last checkpoint
+    config, reference_run = reference
+    run = tmp_path / "run"
+    process = start_training(config, run)
+    wait_for_rows(run, 3, process)
+    sent = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert time.monotonic() - sent < 30
+    assert process.returncode == 143, stderr[-3000:]
+    assert "Traceback" not in stderr
+    last = metrics_rows(run)[-1]["step"]
+    assert last < 24
+    assert (run / "checkpoints" / "latest").read_text() == ckpt.tag_for(last)
+    resumed = run_cli("train", str(config), "--output-dir", str(run), "--resume", "must")
+    assert f"at step {last}" in resumed.stderr
+    expected = {r["step"]: r["losses"] for r in metrics_rows(reference_run)}
+    assert {r["step"]: r["losses"] for r in metrics_rows(run)} == expected
+
+
+@pytest.mark.slow
+def test_a_second_trainer_on_the_same_directory_is_refused(reference, tmp_path):
+    # probe: two trainers on one directory raced and crashed in each other's files
+    import socket
+
+    config, _ = reference
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / ".lock").write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
+    second = run_cli("train", str(config), "--output-dir", str(run), check=False)
+    assert second.returncode == 1
+    assert f"in use by another trainer (pid {os.getpid()}" in second.stderr
+    for name in ("metrics.jsonl", "checkpoints", "config.yaml"):  # the run was not touched
+        assert not (run / name).exists()
+
+
+@pytest.mark.slow
+def test_sigint_exits_130_after_a_checkpoint_without_a_traceback(reference, tmp_path):
+    config, _ = reference
+    run = tmp_path / "run"
+    process = start_training(config, run)
+    wait_for_rows(run, 2, process)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr[-3000:]
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr
+    last = metrics_rows(run)[-1]["step"]
+    assert ckpt.newest_valid(run / "checkpoints").name == ckpt.tag_for(last)
+
+
+@pytest.mark.slow
+def test_a_planted_pickle_with_a_matching_manifest_is_refused_and_never_runs(reference, tmp_path):
+    # probe: a malicious engine-state file with its manifest rewritten ran its payload
+    config, reference_run = reference
+    run = tmp_path / "run"
+    shutil.copytree(reference_run, run)
+    newest = ckpt.newest_valid(run / "checkpoints")
+    marker = tmp_path / "pwned"
+    torch.save({"module": Payload(marker)}, newest / "mp_rank_00_model_states.pt")
+    (newest / "manifest.json").unlink()
+    ckpt.write_manifest(newest)
+    assert ckpt.verify(newest) is None  # the manifest cannot tell
+    result = run_cli(
+        "train", str(config), "--output-dir", str(run), "--resume", "must", check=False
+    )
+    assert result.returncode != 0
+    assert f"refusing to load {newest / 'mp_rank_00_model_states.pt'}" in result.stderr
+    assert not marker.exists()

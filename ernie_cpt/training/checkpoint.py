@@ -277,8 +277,7 @@ def save(
 
     tmp = root / f".tmp-{tag_for(step)}"
     weights = consolidated_state_dict(engine)
-    if rank == 0:
-        check_finite(weights, step)
+    check_finite(weights, step)  # ZeRO 0-2: every rank holds the weights and refuses together
     try:
         engine.save_checkpoint(str(root), tag=tmp.name, save_latest=False)
         save_rng(tmp, rank)
