@@ -261,7 +261,8 @@ def finish(run: Run, logs: Logs, signum: int = 0) -> dict[str, Any]:
     if run.rank == 0 and state.step == schedule.total_steps:
         from ernie_cpt.export import export_run
 
-        export_run(run.run_dir, run.run_dir / "export")
+        # the run's own export, re-made when a finished run is resumed (a non-export refused)
+        export_run(run.run_dir, run.run_dir / "export", overwrite=True)
         summary["export"] = str(run.run_dir / "export")
     logs.close()
     return summary
