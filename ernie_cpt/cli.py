@@ -274,6 +274,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
             interval=args.progress_every,
             threads=args.threads,
             sharing=parse_sharing(args.sharing),
+            baseline=args.baseline or "",
         )
     except RunFailed as error:
         print(f"ernie-cpt: error: {error}", file=sys.stderr)
@@ -504,6 +505,13 @@ def _compare_parser(sub: argparse._SubParsersAction) -> None:
         "default: the config's sharing.kind only",
     )
     compare.add_argument("--seeds", type=int, default=2, help="seeds per schedule")
+    compare.add_argument(
+        "--baseline",
+        default=None,
+        metavar="TASK",
+        help="also train TASK alone (e.g. mlm) per seed for the schedules' total steps; "
+        "its held-out score and downstream results are the report's baseline row",
+    )
     compare.add_argument("--group", default=None, help="W&B group (default: from the directory)")
     compare.add_argument(
         "--metric", default="accuracy", help="held-out metric used as the score R[i][j]"

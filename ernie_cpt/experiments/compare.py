@@ -95,10 +95,17 @@ class RunSpec:
     total_steps: int | None
     # sharing.kind of this run ("" = the config's own, no override: plain schedule grids).
     sharing: str = ""
+    # A baseline run (``--baseline mlm``): the one task it trains alone, at equal steps.
+    baseline: str = ""
+    # Further ``--set`` overrides of this run (a baseline's task list and budget).
+    extra: tuple[str, ...] = ()
 
     @property
     def variant(self) -> str:
-        """What the run compares: its schedule, or ``schedule+sharing`` in a sharing grid."""
+        """What the run compares: its schedule, ``schedule+sharing`` in a sharing grid, or
+        ``<task>-only`` for a baseline."""
+        if self.baseline:
+            return f"{self.baseline}-only"
         return f"{self.schedule}+{self.sharing}" if self.sharing else self.schedule
 
     @property
@@ -109,25 +116,33 @@ class RunSpec:
     def overrides(self, group: str) -> list[str]:
         """``--set`` overrides that turn the base config into this run's config."""
         quoted = json.dumps  # a JSON string is a YAML string: safe for any name
-        return [
-            f"schedule.kind={self.schedule}",
-            f"train.seed={self.train_seed}",
-            f"schedule.seed={self.schedule_seed}",
-            f"logging.group={quoted(group)}",
-            f"logging.job_type={quoted(self.variant)}",
-            f"logging.run_name={quoted(f'{group}/{self.name}')}",
-        ] + ([f"sharing.kind={self.sharing}"] if self.sharing else [])
+        return (
+            [
+                f"schedule.kind={self.schedule}",
+                f"train.seed={self.train_seed}",
+                f"schedule.seed={self.schedule_seed}",
+                f"logging.group={quoted(group)}",
+                f"logging.job_type={quoted(self.variant)}",
+                f"logging.run_name={quoted(f'{group}/{self.name}')}",
+            ]
+            + ([f"sharing.kind={self.sharing}"] if self.sharing else [])
+            + list(self.extra)
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form (in ``comparison.json``)."""
-        return {
-            "name": self.name,
-            "schedule": self.schedule,
-            "seed": self.seed,
-            "train_seed": self.train_seed,
-            "schedule_seed": self.schedule_seed,
-            "total_steps": self.total_steps,
-        } | ({"sharing": self.sharing} if self.sharing else {})
+        return (
+            {
+                "name": self.name,
+                "schedule": self.schedule,
+                "seed": self.seed,
+                "train_seed": self.train_seed,
+                "schedule_seed": self.schedule_seed,
+                "total_steps": self.total_steps,
+            }
+            | ({"sharing": self.sharing} if self.sharing else {})
+            | ({"baseline": self.baseline, "overrides": list(self.extra)} if self.baseline else {})
+        )
 
 
 # ------------------------------------------------------------------------------------ plan
@@ -187,20 +202,32 @@ def make_plan(
     group: str | None,
     out_dir: Path,
     sharing: Sequence[str] = (),
+    baseline: str = "",
 ) -> dict[str, Any]:
     """The comparison plan: every (seed, schedule[, sharing kind]) run, seed-major (all
-    schedules of seed 0 first, so a partial comparison already compares every schedule)."""
+    schedules of seed 0 first, so a partial comparison already compares every schedule);
+    ``baseline`` (a task name) adds per seed a run training only that task for as many
+    steps as the longest schedule."""
     if seeds < 1:
         raise ConfigError(f"--seeds must be >= 1, got {seeds}")
     steps = {kind: schedule_steps(config, kind) for kind in schedules}
-    runs = [
-        RunSpec(kind, s, config.train.seed + s, config.schedule.seed + s, steps[kind], share)
-        for s in range(seeds)
-        for kind in schedules
-        for share in (sharing or [""])
-    ]
+    longest = max(n or 0 for n in steps.values())
+    extra = baseline_overrides(config, baseline, longest)
+    runs = []
+    for s in range(seeds):
+        train_seed, schedule_seed = config.train.seed + s, config.schedule.seed + s
+        runs += [
+            RunSpec(kind, s, train_seed, schedule_seed, steps[kind], share)
+            for kind in schedules
+            for share in (sharing or [""])
+        ]
+        if baseline:
+            runs.append(
+                RunSpec("continual", s, train_seed, schedule_seed, longest, "", baseline, extra)
+            )
     where = str(out_dir.resolve())  # two identical comparisons get distinct groups
     parts = [config.to_dict(), list(schedules), seeds, where] + ([list(sharing)] if sharing else [])
+    parts += [baseline] if baseline else []
     identity = json.dumps(parts, sort_keys=True, default=str)
     default_group = f"{out_dir.resolve().name}-{hashlib.sha256(identity.encode()).hexdigest()[:8]}"
     return {
@@ -213,6 +240,27 @@ def make_plan(
     } | ({"sharing": list(sharing)} if sharing else {})
 
 
+def baseline_overrides(config: RunConfig, task: str, steps: int) -> tuple[str, ...]:
+    """``--set`` overrides that train only ``task`` (its options kept) for ``steps`` steps in
+    one stage; checked now, so a bad name fails before any training."""
+    if not task:
+        return ()
+    from ernie_cpt.config import apply_overrides, config_from_dict
+    from pretrain_tasks import get_task_class
+
+    try:
+        get_task_class(task)
+    except ValueError as error:  # an unknown name, with "did you mean"
+        raise ConfigError(f"--baseline: {error}") from error
+    options = dict(config.tasks.get(task, {}))
+    extra = [f"tasks={json.dumps({task: options})}", f"schedule.iterations_per_task={steps}"]
+    if config.schedule.stages:
+        extra.append("schedule.stages=null")  # custom stages name the other tasks
+    tree = apply_overrides(config.to_dict(), ["schedule.kind=continual", *extra])
+    config_from_dict(tree)  # bad options fail here
+    return tuple(extra)
+
+
 def plan_runs(plan: dict[str, Any]) -> list[RunSpec]:
     """The RunSpecs of a plan."""
     return [
@@ -223,6 +271,8 @@ def plan_runs(plan: dict[str, Any]) -> list[RunSpec]:
             r["schedule_seed"],
             r["total_steps"],
             r.get("sharing", ""),
+            r.get("baseline", ""),
+            tuple(r.get("overrides", ())),
         )
         for r in plan["runs"]
     ]
@@ -446,7 +496,8 @@ def train_all(
     runs = plan_runs(plan)
     for number, spec in enumerate(runs, start=1):
         run_dir = out_dir / "runs" / spec.name
-        label = f"run {number}/{len(runs)}: {spec.schedule} seed {spec.seed}"
+        what = spec.variant if spec.baseline else spec.schedule
+        label = f"run {number}/{len(runs)}: {what} seed {spec.seed}"
         if is_finished(run_dir):
             echo(f"{label}: finished before, skipped")
             continue
@@ -495,8 +546,12 @@ def metric_value(metrics: dict[str, float], metric: str) -> float:
 
 
 def collect_run(run_dir: Path, tasks: Sequence[str], metric: str = "accuracy") -> dict[str, Any]:
-    """R matrix, forgetting metrics, tokens and times of a finished run."""
+    """R matrix, forgetting metrics, tokens and times of a finished run, and each task's
+    chance level from its ``data_report.json`` (a baseline run: its one task only)."""
+    from ernie_cpt.experiments.statistics import chance_levels
+
     done = json.loads((run_dir / DONE_FILE).read_text(encoding="utf-8"))
+    tasks = [done["baseline"]] if done.get("baseline") else tasks
     stage_tasks = done["stage_tasks"]
     evals = stage_evaluations(read_jsonl(run_dir / "eval.jsonl"), len(stage_tasks))
     scored = [
@@ -510,18 +565,26 @@ def collect_run(run_dir: Path, tasks: Sequence[str], metric: str = "accuracy") -
             k: done[k] for k in ("name", "schedule", "seed", "steps", "tokens", "train_s", "wall_s")
         },
         "sharing": done.get("sharing", ""),
-        "variant": f"{done['schedule']}+{done['sharing']}"
-        if done.get("sharing")
-        else done["schedule"],
+        "variant": RunSpec(
+            done["schedule"], 0, 0, 0, None, done.get("sharing", ""), done.get("baseline", "")
+        ).variant,
+        "baseline": done.get("baseline", ""),
         "architecture": run_architecture(run_dir),
         "attempts": done["attempts"],
         "stage_names": done["stage_names"],
         "stage_tasks": stage_tasks,
         "stage_steps": [row["step"] for row in evals],
         "intro": intro,
+        "tasks": list(tasks),  # R's columns
         "R": matrix,
         "metrics": forgetting_metrics(matrix, intro),
+        "chance": chance_levels(read_json(run_dir / "data_report.json"), tasks, metric),
     }
+
+
+def read_json(path: Path) -> Any:
+    """A JSON file's content, or None when it is missing (older runs)."""
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
 
 
 # -------------------------------------------------------------------------------- entry
@@ -692,15 +755,17 @@ def compare(
     interval: float = 15.0,
     threads: int | None = None,
     sharing: Sequence[str] = (),
+    baseline: str = "",
 ) -> dict[str, Any]:
     """Plan, train (resuming), evaluate downstream, analyse and report; returns the summary.
 
-    ``sharing``: sharing kinds crossed with the schedules (each run sets ``sharing.kind``)."""
+    ``sharing``: sharing kinds crossed with the schedules (each run sets ``sharing.kind``);
+    ``baseline``: a task trained alone per seed at equal steps (``--baseline mlm``)."""
     from ernie_cpt.experiments.report import build_summary, log_wandb_summary, write_report
 
     out_dir = Path(out_dir)
     config = load_config(config_path, overrides)
-    plan = make_plan(config, schedules, seeds, group, out_dir, sharing)
+    plan = make_plan(config, schedules, seeds, group, out_dir, sharing, baseline)
     with comparison_lock(out_dir):
         extra = {"config_path": str(config_path), "overrides": list(overrides)}
         plan = open_plan(out_dir, plan, extra, group_given=group is not None)
@@ -739,15 +804,19 @@ def collect_all(
         run["downstream"] = evaluations.pop("final", {})
         run["downstream_stages"] = evaluations
         runs.append(run)
+    scheduled = [run for run in runs if not run["baseline"]]  # a baseline has its own columns
     for j, task in enumerate(tasks):
-        if all(math.isnan(row[j]) for run in runs for row in run["R"]):
+        if all(math.isnan(row[j]) for run in scheduled for row in run["R"]):
             echo(f"warning: task {task!r} has no held-out {metric!r}: its scores are n/a")
     return runs
 
 
 def announce(plan: dict[str, Any], echo: Echo) -> None:
     """Print the plan: runs, steps per schedule, and a warning if compute is not matched."""
-    steps = {r["schedule"]: r["total_steps"] for r in plan["runs"]}
+    steps = {
+        f"{r['baseline']}-only" if r.get("baseline") else r["schedule"]: r["total_steps"]
+        for r in plan["runs"]
+    }
     grid = f" x sharing {', '.join(plan['sharing'])}" if plan.get("sharing") else ""
     echo(
         f"{len(plan['runs'])} runs ({', '.join(plan['schedules'])}{grid} x {plan['seeds']} seeds), "

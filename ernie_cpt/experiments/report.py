@@ -43,7 +43,16 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ernie_cpt.experiments.forgetting import LOWER_IS_BETTER, mean_and_spread, mean_matrix
+from ernie_cpt.experiments.forgetting import LOWER_IS_BETTER, mean_matrix
+from ernie_cpt.experiments.statistics import (
+    FEW_SEEDS,
+    LEVEL,
+    RESAMPLES,
+    SEED,
+    describe,
+    paired_differences,
+    verdict,
+)
 from ernie_cpt.training import checkpoint as ckpt
 from ernie_cpt.training.run_log import read_jsonl
 
@@ -76,7 +85,7 @@ def _downstream_entry(runs: Sequence[Mapping[str, Any]], dataset: str) -> dict[s
     medians = [_none_to_nan(r["median"]) for r in results]
     return {
         "metric": results[0]["metric"] if results else None,
-        "median": mean_and_spread(medians),
+        "median": describe(medians),
         "medians": medians,
         "scores": [[_none_to_nan(s) for s in r["scores"]] for r in results],
     }
@@ -95,7 +104,7 @@ def _stage_downstream(runs: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, 
                 values = medians.setdefault(dataset, {}).setdefault(label, [])
                 values.append(_none_to_nan(result["median"]))
     return {
-        dataset: {label: mean_and_spread(values) for label, values in sorted(by_label.items())}
+        dataset: {label: describe(values) for label, values in sorted(by_label.items())}
         for dataset, by_label in medians.items()
     }
 
@@ -106,11 +115,12 @@ def schedule_summary(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     return {
         "runs": [r["name"] for r in runs],
         "seeds": [r["seed"] for r in runs],
+        "by_seed": seed_values(runs),
         "steps": runs[0]["steps"],
-        **{m: mean_and_spread([r["metrics"][m] for r in runs]) for m in METRICS},
-        "tokens": mean_and_spread([r["tokens"] for r in runs]),
-        "wall_s": mean_and_spread([r["wall_s"] for r in runs]),
-        "train_s": mean_and_spread([r["train_s"] for r in runs]),
+        **{m: describe([r["metrics"][m] for r in runs]) for m in METRICS},
+        "tokens": describe([r["tokens"] for r in runs]),
+        "wall_s": describe([r["wall_s"] for r in runs]),
+        "train_s": describe([r["train_s"] for r in runs]),
         "stage_names": runs[0]["stage_names"],
         "intro": runs[0]["intro"],
         "R_mean": mean_matrix([r["R"] for r in runs]),
@@ -118,6 +128,37 @@ def schedule_summary(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         "downstream_stages": _stage_downstream(runs),
         "architecture": architecture_summary(runs),
     }
+
+
+def seed_values(runs: Sequence[Mapping[str, Any]]) -> dict[str, dict[int, float]]:
+    """{quantity: {seed: value}} of every paired quantity: the forgetting metrics, the final
+    held-out score of each task (``score/<task>``) and each downstream median
+    (``downstream/<data set>``)."""
+    out: dict[str, dict[int, float]] = {}
+    for run in runs:
+        if not run.get("baseline"):  # a baseline's ACC is one other task's score: not paired
+            for metric in METRICS:
+                out.setdefault(metric, {})[run["seed"]] = run["metrics"][metric]
+        for task, value in zip(run.get("tasks", ()), run["R"][-1], strict=False):
+            out.setdefault(f"score/{task}", {})[run["seed"]] = value
+        for dataset, result in run.get("downstream", {}).items():
+            value = _none_to_nan(result["median"])
+            out.setdefault(f"downstream/{dataset}", {})[run["seed"]] = value
+    return out
+
+
+def paired_table(schedules: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Paired differences (first - second, on the seeds both ran) of every quantity two
+    variants share, for every pair in plan order."""
+    names, out = list(schedules), []
+    for i, first in enumerate(names):
+        for second in names[i + 1 :]:
+            a, b = schedules[first]["by_seed"], schedules[second]["by_seed"]
+            for quantity in [q for q in a if q in b]:
+                stats = paired_differences(a[quantity], b[quantity])
+                if stats["n"]:
+                    out.append({"first": first, "second": second, "quantity": quantity, **stats})
+    return out
 
 
 def architecture_summary(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -135,10 +176,10 @@ def architecture_summary(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         "kind": first["kind"],
         "parameters": first["parameters"],
         "flops_per_token": first["flops_per_token"],
-        "tokens_per_s": mean_and_spread(
+        "tokens_per_s": describe(
             [r["tokens"] / r["train_s"] if r["train_s"] else math.nan for r in runs]
         ),
-        "most_conflicting": conflict and {**conflict, "over_seeds": mean_and_spread(pair_means)},
+        "most_conflicting": conflict and {**conflict, "over_seeds": describe(pair_means)},
         "gates": first.get("gates", {}),
         "stitch": first.get("stitch"),
         "distance": first.get("distance"),
@@ -150,13 +191,21 @@ def build_summary(
 ) -> dict[str, Any]:
     """The whole comparison: per schedule and per run."""
     by_schedule: dict[str, list[Mapping[str, Any]]] = {}
+    by_baseline: dict[str, list[Mapping[str, Any]]] = {}
     for run in runs:  # a sharing grid's entries are "schedule+sharing" variants
-        by_schedule.setdefault(run.get("variant", run["schedule"]), []).append(run)
+        into = by_baseline if run.get("baseline") else by_schedule
+        into.setdefault(run.get("variant", run["schedule"]), []).append(run)
+    schedules = {k: schedule_summary(v) for k, v in by_schedule.items()}
+    baselines = {k: schedule_summary(v) for k, v in by_baseline.items()}
+    scheduled = [r for r in runs if not r.get("baseline")]
     return {
         "group": plan["group"],
         "metric": metric,
         "tasks": list(tasks),
-        "schedules": {k: schedule_summary(v) for k, v in by_schedule.items()},
+        "schedules": schedules,
+        "baselines": baselines,
+        "paired": paired_table({**schedules, **baselines}),
+        "chance": next((r["chance"] for r in scheduled if r.get("chance")), {}),
         "runs": {r["name"]: dict(r) for r in runs},
         "config": {
             "tasks": list(tasks),
@@ -178,6 +227,15 @@ def json_safe(tree: Any) -> Any:
 
 
 # ------------------------------------------------------------------------------- markdown
+def fmt_ci(spread: Mapping[str, Any], digits: int = 3) -> str:
+    """``mean ± std [low, high]`` with the bootstrap interval where there is one."""
+    text = fmt(spread, digits)
+    low, high = spread.get("ci_low"), spread.get("ci_high")
+    if text == "n/a" or low is None or high is None or math.isnan(low) or math.isnan(high):
+        return text
+    return f"{text} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
 def fmt(spread: Mapping[str, Any], digits: int = 3) -> str:
     """``mean ± std`` (or ``n/a`` for an undefined metric)."""
     mean = spread.get("mean")
@@ -202,13 +260,97 @@ def summary_table(summary: Mapping[str, Any]) -> list[str]:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for kind, s in summary["schedules"].items():
         cells = [kind, str(len(s["runs"])), str(s["steps"])]
-        cells += [fmt(s[m]) for m in METRICS]
+        cells += [fmt_ci(s[m]) for m in METRICS]
         cells += [
-            fmt(s["downstream"][d]["median"]) if d in s["downstream"] else "-" for d in datasets
+            fmt_ci(s["downstream"][d]["median"]) if d in s["downstream"] else "-" for d in datasets
+        ]
+        cells += [fmt(s["tokens"], 0), fmt(s["wall_s"], 1)]
+        lines.append("| " + " | ".join(cells) + " |")
+    for kind, s in summary.get("baselines", {}).items():  # no ACC/BWT: other tasks
+        cells = [f"{kind} (baseline)", str(len(s["runs"])), str(s["steps"])] + ["-"] * 4
+        cells += [
+            fmt_ci(s["downstream"][d]["median"]) if d in s["downstream"] else "-" for d in datasets
         ]
         cells += [fmt(s["tokens"], 0), fmt(s["wall_s"], 1)]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
+
+
+def baseline_table(summary: Mapping[str, Any]) -> list[str]:
+    """One row per baseline (a task trained alone at equal steps): its held-out score."""
+    rows = summary.get("baselines", {})
+    if not rows:
+        return []
+    lines = ["| baseline | seeds | steps | task | final held-out score | tokens |"]
+    lines.append("|---|---|---|---|---|---|")
+    for kind, s in rows.items():
+        for quantity, values in s["by_seed"].items():
+            if quantity.startswith("score/"):
+                score = fmt_ci(describe(list(values.values())))
+                task = quantity.removeprefix("score/")
+                cells = [kind, str(len(s["runs"])), str(s["steps"]), task, score]
+                lines.append("| " + " | ".join([*cells, fmt(s["tokens"], 0)]) + " |")
+    return lines
+
+
+def _label(quantity: str) -> str:
+    """``acc`` -> ``ACC``, ``downstream/sst2`` -> ``downstream sst2``."""
+    return METRIC_TITLES.get(quantity, quantity.replace("/", " "))
+
+
+def paired_lines(summary: Mapping[str, Any]) -> list[str]:
+    """The verdict on every paired difference of a forgetting metric or downstream median,
+    then a table of the per-task final scores' differences."""
+    paired = summary.get("paired", [])
+    lines = [
+        f"- {verdict(p['first'], p['second'], _label(p['quantity']), p)}"
+        for p in paired
+        if not p["quantity"].startswith("score/")
+    ]
+    tasks = [t for t in summary["tasks"] if any(p["quantity"] == f"score/{t}" for p in paired)]
+    pairs = list(dict.fromkeys((p["first"], p["second"]) for p in paired))
+    cells = {(p["first"], p["second"], p["quantity"]): p for p in paired}
+    if tasks:
+        lines += [
+            "",
+            "Final held-out score per task, paired difference (first - second) "
+            "[95% CI]; * = resolved:",
+            "",
+        ]
+        lines += ["| pair | " + " | ".join(tasks) + " |", "|" + "---|" * (len(tasks) + 1)]
+        for first, second in pairs:
+            row = [_diff_cell(cells.get((first, second, f"score/{t}"))) for t in tasks]
+            lines.append(f"| {first} - {second} | " + " | ".join(row) + " |")
+    return lines
+
+
+def _diff_cell(stats: Mapping[str, Any] | None) -> str:
+    if not stats:
+        return "-"
+    text = f"{stats['mean']:+.3f}"
+    if stats["n"] > 1:
+        text += f" [{stats['ci_low']:+.3f}, {stats['ci_high']:+.3f}]"
+    return text + ("*" if stats["resolved"] else "")
+
+
+def statistics_text(summary: Mapping[str, Any]) -> list[str]:
+    """How the intervals are computed, and how far few seeds let them be trusted."""
+    seeds = summary["config"]["seeds"]
+    text = (
+        f"Intervals: {LEVEL:.0%} percentile bootstrap of the mean over seeds ({RESAMPLES} "
+        f"resamples with replacement, Python's random.Random({SEED}): deterministic). "
+        "Schedules are compared on paired differences (the same seed index gives every "
+        "schedule the same initial weights); a difference is **resolved** when its interval "
+        "excludes 0, otherwise **not resolved**."
+    )
+    if seeds <= FEW_SEEDS:
+        text += (
+            f" With {seeds} seed(s) the bootstrap interval is crude (it can only recombine "
+            f"{seeds} values; with 2 it is essentially [min, max]) and understates the "
+            "uncertainty: read the min/max of the paired differences beside it, and add seeds "
+            "before calling a difference settled."
+        )
+    return [text]
 
 
 def runs_table(summary: Mapping[str, Any]) -> list[str]:
@@ -271,9 +413,9 @@ def stage_downstream_tables(summary: Mapping[str, Any]) -> list[str]:
         out += ["|" + "---|" * (len(labels) + 2)]
         for kind, s in schedules.items():
             by_label = s["downstream_stages"].get(dataset, {})
-            cells = [fmt(by_label[lab]) if lab in by_label else "-" for lab in labels]
+            cells = [fmt_ci(by_label[lab]) if lab in by_label else "-" for lab in labels]
             final = s["downstream"].get(dataset)
-            cells.append(fmt(final["median"]) if final else "-")
+            cells.append(fmt_ci(final["median"]) if final else "-")
             out.append(f"| {kind} | " + " | ".join(cells) + " |")
     return out
 
@@ -288,7 +430,31 @@ def r_matrix_table(summary: Mapping[str, Any], kind: str) -> list[str]:
     labels = ["initial (b)"] + [f"{i + 1}: {n}" for i, n in enumerate(s["stage_names"])]
     for label, row in zip(labels, s["R_mean"], strict=True):
         lines.append(f"| {label} | " + " | ".join(_num(v) for v in row) + " |")
+    chance = [chance_value(summary, t) for t in tasks]
+    if any(not math.isnan(c) for c in chance):
+        lines.append("| chance (majority class) | " + " | ".join(_num(c) for c in chance) + " |")
+        above = [_num(f - c, 3) for f, c in zip(s["R_mean"][-1], chance, strict=True)]
+        lines.append("| final - chance | " + " | ".join(above) + " |")
     return lines
+
+
+def chance_value(summary: Mapping[str, Any], task: str) -> float:
+    """A task's chance score (NaN where there is none: masked-token tasks)."""
+    value = summary.get("chance", {}).get(task, {}).get("value")
+    return math.nan if value is None else float(value)
+
+
+def chance_text(summary: Mapping[str, Any]) -> list[str]:
+    """Where each chance level comes from (nothing when the runs had no data report)."""
+    chance = summary.get("chance", {})
+    parts = [f"{t}: {chance[t]['source']}" for t in summary["tasks"] if t in chance]
+    if all(math.isnan(chance_value(summary, t)) for t in summary["tasks"]):
+        return []  # no data report (older runs) or only masked-token tasks
+    return [
+        "",
+        "Chance row: the score of always predicting the task's majority class (label counts "
+        f"of the runs' data_report.json); masked-token tasks have none (n/a). {'; '.join(parts)}.",
+    ]
 
 
 def downstream_r_table(summary: Mapping[str, Any], kind: str) -> list[str]:
@@ -306,9 +472,9 @@ def downstream_r_table(summary: Mapping[str, Any], kind: str) -> list[str]:
     lines = ["| after | " + " | ".join(tasks) + " |", "|" + "---|" * (len(tasks) + 1)]
     for lab in labels:
         k = int(lab.removeprefix("stage"))
-        cells = [fmt(stages[t][lab]) if lab in stages.get(t, {}) else "-" for t in tasks]
+        cells = [fmt_ci(stages[t][lab]) if lab in stages.get(t, {}) else "-" for t in tasks]
         lines.append(f"| {k}: {names[k - 1]} | " + " | ".join(cells) + " |")
-    cells = [fmt(s["downstream"][t]["median"]) for t in tasks]
+    cells = [fmt_ci(s["downstream"][t]["median"]) for t in tasks]
     lines.append(f"| {len(names)}: {names[-1]} (final) | " + " | ".join(cells) + " |")
     return lines
 
@@ -325,9 +491,11 @@ def markdown(summary: Mapping[str, Any], plots: Sequence[str]) -> str:
         f"Score R[i][j] = held-out `{metric}` of task j after stage i (row 0: the initial "
         "model)" + (", negated so that higher is better." if metric in LOWER_IS_BETTER else "."),
         "",
-        "## Summary (mean ± sample std over seeds)",
+        "## Summary (mean ± sample std over seeds [95% bootstrap interval])",
         "",
         *summary_table(summary),
+        "",
+        *statistics_text(summary),
         "",
         "ACC = mean final score; BWT = mean (final - score at the end of the task's "
         "introduction stage), negative = forgetting; FWT = mean (score just before the "
@@ -339,18 +507,19 @@ def markdown(summary: Mapping[str, Any], plots: Sequence[str]) -> str:
         "counted); train s: the trainer's own step time, kept across resumes. Definitions: "
         "`ernie_cpt/experiments/forgetting.py`.",
         "",
+        "## Differences between schedules (paired by seed)",
+        "",
+        *(paired_lines(summary) or ["n/a: one schedule, or no seed shared."]),
+        "",
         "## Runs",
         "",
         *runs_table(summary),
         "",
         "## R matrices (mean over seeds)",
+        *chance_text(summary),
+        *r_matrix_sections(summary),
+        *baseline_section(summary),
     ]
-    for kind in summary["schedules"]:
-        out += ["", f"### {kind}", "", *r_matrix_table(summary, kind)]
-        downstream = downstream_r_table(summary, kind)
-        if downstream:
-            out += ["", f"Downstream R matrix of {kind} (median fine-tuning score):", ""]
-            out += downstream
     sharing = sharing_table(summary)
     if sharing:
         out += ["", "## Sharing architectures", "", *sharing, ""]
@@ -372,6 +541,41 @@ def markdown(summary: Mapping[str, Any], plots: Sequence[str]) -> str:
     out += [f"![{Path(p).stem}](plots/{p})" for p in plots]
     out += ["", "## W&B", "", *_wandb_text(summary["group"])]
     return "\n".join(out) + "\n"
+
+
+def r_matrix_sections(summary: Mapping[str, Any]) -> list[str]:
+    """Per schedule: its R matrix (with chance rows) and, with --downstream, its downstream
+    R matrix."""
+    out: list[str] = []
+    for kind in summary["schedules"]:
+        out += ["", f"### {kind}", "", *r_matrix_table(summary, kind)]
+        downstream = downstream_r_table(summary, kind)
+        if downstream:
+            out += [
+                "",
+                f"Downstream R matrix of {kind} (median fine-tuning score per model; mean ± std "
+                "[95% bootstrap interval] over pre-training seeds):",
+                "",
+                *downstream,
+            ]
+    return out
+
+
+def baseline_section(summary: Mapping[str, Any]) -> list[str]:
+    """The baseline table and what it means (nothing without ``--baseline``)."""
+    baselines = baseline_table(summary)
+    if not baselines:
+        return []
+    return [
+        "",
+        "## Baseline: one task alone at equal steps",
+        "",
+        *baselines,
+        "",
+        "The baseline trains only its task for as many steps as the schedules (same batch "
+        "size, seeds and data); its downstream medians are in the summary table and paired "
+        "with every schedule above.",
+    ]
 
 
 def _wandb_text(group: str) -> list[str]:
@@ -446,7 +650,8 @@ def plot_loss_curves(out_dir: Path, summary: Mapping[str, Any], path: Path) -> N
 
 
 def plot_r_matrices(summary: Mapping[str, Any], path: Path) -> None:
-    """Per schedule: the seed-mean R matrix as an annotated heatmap (shared colour scale)."""
+    """Per schedule: the seed-mean R matrix as an annotated heatmap (shared colour scale);
+    each task's chance level under its name."""
     plt = _pyplot()
     kinds, tasks = list(summary["schedules"]), summary["tasks"]
     values = [
@@ -457,13 +662,15 @@ def plot_r_matrices(summary: Mapping[str, Any], path: Path) -> None:
         if not math.isnan(v)
     ]
     low, high = (min(values), max(values)) if values else (0.0, 1.0)
+    chance = {t: chance_value(summary, t) for t in tasks}
+    ticks = [t if math.isnan(chance[t]) else f"{t}\n(chance {chance[t]:.2f})" for t in tasks]
     fig, axes = plt.subplots(
-        1, len(kinds), figsize=(4.0 * len(kinds) + 1, 3.6), squeeze=False, layout="constrained"
+        1, len(kinds), figsize=(4.0 * len(kinds) + 1, 3.9), squeeze=False, layout="constrained"
     )
     for ax, kind in zip(axes[0], kinds, strict=True):
         s = summary["schedules"][kind]
         image = ax.imshow(s["R_mean"], cmap="viridis", vmin=low, vmax=high, aspect="auto")
-        ax.set_xticks(range(len(tasks)), tasks, rotation=30, ha="right", fontsize=8)
+        ax.set_xticks(range(len(tasks)), ticks, rotation=30, ha="right", fontsize=8)
         labels = ["initial"] + list(s["stage_names"])
         ax.set_yticks(range(len(labels)), labels, fontsize=8)
         for i, row in enumerate(s["R_mean"]):
@@ -708,8 +915,9 @@ def _log_summary_run(
         for kind, s in summary["schedules"].items():
             for metric in METRICS:
                 if s[metric]["n"]:
-                    run.summary[f"{kind}/{metric}_mean"] = s[metric]["mean"]
-                    run.summary[f"{kind}/{metric}_std"] = s[metric]["std"]
+                    for key in ("mean", "std", "ci_low", "ci_high"):
+                        if not math.isnan(s[metric][key]):
+                            run.summary[f"{kind}/{metric}_{key}"] = s[metric][key]
         local = Path(run.dir).parent
     finally:
         run.finish()
