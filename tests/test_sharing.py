@@ -110,8 +110,9 @@ def test_contract(kind, tasks, tokenizer, batch):
             assert all(norm[n] == 0.0 for n in others), [n for n in others if norm[n]]
         if kind in ("cross_stitch", "ple"):  # mixing reaches the other columns by design
             assert sum(norm[n] for n in others) > 0
-    total.backward()  # every parameter, idle task's included, receives a gradient
-    assert [n for n, p in model.named_parameters() if p.grad is None] == []
+    total.backward()  # every encoder and architecture parameter (idle task's too) has a gradient
+    names = [n for n, p in model.named_parameters() if not n.startswith("heads.")]
+    assert [n for n in names if model.get_parameter(n).grad is None] == []
 
 
 def test_hard_is_the_model_without_sharing(tasks, tokenizer, batch):
@@ -460,3 +461,51 @@ def test_report_sharing_table_and_gate_heatmap(tmp_path):
     assert plot_gates(summary, tmp_path / "gates.png") and (tmp_path / "gates.png").stat().st_size
     hard_only = {"schedules": {"cmtl": {"architecture": arch("hard", 1, 1.0, {})}}}
     assert sharing_table(hard_only) == [] and not plot_gates(hard_only, tmp_path / "x.png")
+
+
+@pytest.mark.parametrize(
+    ("kind", "stage", "weighting"),
+    [
+        ("mmoe", 2, "pcgrad"),
+        ("soft", 2, "gradnorm"),
+        ("task_moe", 1, "famo"),
+        ("ple", 2, "rlw"),
+        ("cross_stitch", 1, "uncertainty"),
+        ("cgc", 0, "dwa"),
+    ],
+)
+def test_deepspeed_steps_every_kind_with_a_weighting(
+    distributed, kind, stage, weighting, tasks, tokenizer, batch
+):
+    """ZeRO 0-2 on CPU: the engine's gradients are the module's, and it steps."""
+    import copy
+
+    from deepspeed.utils import safe_get_full_grad
+
+    from ernie_cpt.training.weighting import build_weighting
+
+    model = make(tasks, tokenizer, kind)
+    module = TrainModule(model, tasks, {weighting: build_weighting(weighting, list(tasks))})
+    reference = copy.deepcopy(module)
+    config = {
+        "train_micro_batch_size_per_gpu": 6,
+        "optimizer": {"type": "AdamW", "params": {"lr": 1e-3, "torch_adam": True}},
+        "zero_optimization": {"stage": stage},
+    }
+    engine, *_ = distributed.initialize(
+        model=module, model_parameters=module.parameters(), config=config
+    )
+    before = {n: p.detach().clone() for n, p in module.model.sharing.named_parameters()}
+    total, _, weights = engine(batch, list(PRESENT), 0, weighting)
+    engine.backward(total)
+    expected, _, _ = reference(batch, list(PRESENT), 0, weighting)
+    expected.backward()
+    assert torch.isfinite(total) and set(weights) == set(PRESENT)
+    for (name, p), q in zip(engine.module.named_parameters(), reference.parameters(), strict=True):
+        got = safe_get_full_grad(p) if stage else p.grad
+        want = q.grad if q.grad is not None else torch.zeros_like(q)  # DeepSpeed fills zeros
+        got = got if got is not None else torch.zeros_like(q)
+        torch.testing.assert_close(got.float(), want, rtol=1e-4, atol=1e-6, msg=name)
+    engine.step()
+    moved = [n for n, p in module.model.sharing.named_parameters() if not torch.equal(p, before[n])]
+    assert moved

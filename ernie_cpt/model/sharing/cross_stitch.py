@@ -12,7 +12,7 @@ alpha starts at ``stitch_self`` on the diagonal and (1 - stitch_self) / (n - 1) 
 (every task's output depends on every column). Mixing is per layer, not per token: token-
 and sentence-level tasks are treated alike. Each alpha entry is its own scalar parameter,
 named by (target, source) task, so a task added later gets new entries and the trained
-ones are carried.
+ones are carried (each a (1,) tensor).
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ class CrossStitch(nn.Module):
         self.alpha = nn.ModuleList(
             nn.ParameterDict(
                 {
-                    _key(t, s): nn.Parameter(torch.tensor(stitch_self if t == s else off))
+                    _key(t, s): nn.Parameter(torch.tensor([stitch_self if t == s else off]))
                     for t in tasks
                     for s in tasks
                 }
@@ -58,7 +58,8 @@ class CrossStitch(nn.Module):
         """alpha_layer as a (tasks, tasks) tensor, rows = target task."""
         tasks = list(self.levels)
         alpha = self.alpha[layer]
-        return torch.stack([torch.stack([alpha[_key(t, s)] for s in tasks]) for t in tasks])
+        # Entries are shape (1,): DeepSpeed's broadcast cannot view 0-dim parameters as bytes.
+        return torch.stack([torch.cat([alpha[_key(t, s)] for s in tasks]) for t in tasks])
 
     def forward(
         self, hidden: Tensor, mask: Tensor | None, token_mask: Tensor, tasks: Sequence[str]
