@@ -23,7 +23,7 @@ from ernie_cpt.model import build_model
 from ernie_cpt.model.init_from import load_init_checkpoint
 from pretrain_tasks import build_task
 from pretrain_tasks.base import IGNORE_INDEX
-from pretrain_tasks.mlm import masked_lm_loss
+from pretrain_tasks.masking import masked_lm_loss
 
 TINY = dict(
     hidden_size=32,

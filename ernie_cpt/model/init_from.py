@@ -125,7 +125,7 @@ class InitReport:
 
 
 def _masked_lm_heads(model: nn.Module) -> list[str]:
-    from pretrain_tasks.mlm import MaskedLMHead
+    from pretrain_tasks.masking import MaskedLMHead
 
     return [name for name, head in model.heads.items() if isinstance(head, MaskedLMHead)]
 
