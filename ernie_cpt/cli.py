@@ -21,7 +21,7 @@ from typing import Any, TextIO
 
 from ernie_cpt import __version__, logs
 from ernie_cpt.config import ConfigError, RunConfig
-from ernie_cpt.errors import ErnieCptError
+from ernie_cpt.errors import ErnieCptError, MissingInputError
 from schedules.options import OptionsError
 
 USER_ERRORS = (ErnieCptError, OptionsError)
@@ -290,6 +290,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from ernie_cpt.experiments.finetune import evaluate_model
     from ernie_cpt.experiments.report import json_safe
 
+    for flag, path in (("--data", args.data), ("--dev", args.dev)):
+        if path is not None and not Path(path).is_file():
+            raise MissingInputError(f"{flag} {path}: no such file")
     logs.tame_libraries()
     result = evaluate_model(
         args.model_dir,

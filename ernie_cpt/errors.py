@@ -11,3 +11,11 @@ from __future__ import annotations
 
 class ErnieCptError(Exception):
     """A problem with the user's configuration, files or command line (message for the user)."""
+
+
+class InputError(ErnieCptError, ValueError):
+    """A user-given value or file content that cannot be used (still a ValueError)."""
+
+
+class MissingInputError(ErnieCptError, FileNotFoundError):
+    """A user-given path that does not exist or is not what it should be."""

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ernie_cpt.config import ConfigError
+from ernie_cpt.errors import InputError, MissingInputError
 from ernie_cpt.training import checkpoint as ckpt
 
 # The file whose presence marks a directory as an export (replaceable with overwrite).
@@ -54,10 +55,10 @@ def load_run_model(
     run_dir = Path(run_dir)
     checkpoint = checkpoint or ckpt.newest_valid(run_dir / "checkpoints")
     if checkpoint is None:
-        raise FileNotFoundError(f"{run_dir}: no valid checkpoint to export")
+        raise MissingInputError(f"{run_dir}: no valid checkpoint to export")
     problem = ckpt.verify(checkpoint)
     if problem:
-        raise ValueError(f"{checkpoint}: {problem}")
+        raise InputError(f"{checkpoint}: {problem}")
     saved = ckpt.read_state(checkpoint)
     config = config_from_dict(saved["config"])
     tokenizer = load_tokenizer(run_dir / "tokenizer")

@@ -10,7 +10,7 @@
   ``attach_file`` opens the log (``<run>/run.log`` for ``train``);
 - ``tame_libraries`` undoes what libraries do to logging on import: DeepSpeed's handler on
   *stdout* (which mixed its lines into ``train``'s JSON), transformers' own stderr handler and
-  ``datasets``' progress bars (one per ``map`` call).
+  ``datasets``' progress bars other than those of ernie-cpt's phases (``PHASE_BARS``).
 
 stdout is left to the command's result (``cli.emit``).
 """
@@ -21,6 +21,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 LIBRARIES = (
     "DeepSpeed",
@@ -39,6 +40,9 @@ LIBRARIES = (
 )
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 BUFFERED = 10_000  # records kept before a log file is attached
+# ``desc`` of the progress bars of ernie-cpt's own phases (``datasets.map`` calls in
+# ``data.corpus`` and ``data.prepare``); datasets' other bars (save, flatten) stay hidden.
+PHASE_BARS = ("prepare ", "Splitting sentences")
 
 
 class LogFile(logging.Handler):
@@ -109,6 +113,24 @@ def quiet_library_loggers() -> None:
             logger.addHandler(LOG_FILE)
 
 
+def phase_bars_only(datasets: Any) -> None:
+    """``datasets`` draws a bar for every map, save and flatten (~190 refreshes for the demo);
+    keep only those of ernie-cpt's phases, named by their ``desc`` (``PHASE_BARS``)."""
+    module = sys.modules[datasets.utils.tqdm.__module__]
+    cls = module.tqdm
+    if getattr(cls, "_phase_bars_only", False):
+        return
+    original = cls.__init__
+
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        if not str(kwargs.get("desc") or "").startswith(PHASE_BARS):
+            kwargs["disable"] = True
+        original(self, *args, **kwargs)
+
+    cls.__init__ = __init__
+    cls._phase_bars_only = True
+
+
 def tame_libraries(deepspeed: bool = False) -> None:
     """Undo the logging set-up libraries do on import (call before their work starts)."""
     try:
@@ -118,7 +140,7 @@ def tame_libraries(deepspeed: bool = False) -> None:
         return
     hf_logging.disable_default_handler()  # its own stderr handler, propagation off
     if not _state["verbose"]:
-        datasets.disable_progress_bars()  # one bar per map() call; ours are per phase
+        phase_bars_only(datasets)
         hf_logging.disable_progress_bar()
     if deepspeed:  # its logger's handler binds sys.stdout at import: PrintedLines then
         from deepspeed.utils import logger as _  # noqa: F401

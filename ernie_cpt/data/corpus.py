@@ -172,7 +172,7 @@ _WIKI_SPACE_BEFORE_PUNCT = re.compile(r"\s+([,;.:)])")
 def _gensim_file() -> Path:
     spec = importlib.util.find_spec("gensim")
     if spec is None or not spec.submodule_search_locations:
-        raise ValueError("builtin:wikipedia-sample needs the gensim package (pip install gensim)")
+        raise DataError("builtin:wikipedia-sample needs the gensim package (pip install gensim)")
     return Path(next(iter(spec.submodule_search_locations))) / GENSIM_WIKI_FILE
 
 
@@ -295,7 +295,7 @@ def read_raw_corpus(config: DataConfig) -> tuple[datasets.Dataset, BadLines]:
 
 def _load_builtin(name: str) -> datasets.Dataset:
     if name not in BUILTIN_CORPORA:
-        raise ValueError(
+        raise DataError(
             f"unknown built-in corpus {name!r}{did_you_mean(name, BUILTIN_CORPORA)}; "
             f"available: {', '.join(BUILTIN_CORPORA)}"
         )
@@ -313,19 +313,19 @@ def _load_hub(name: str, split: str, cache_dir: str | None) -> datasets.Dataset:
     try:
         dataset = datasets.load_dataset(name, split=split, cache_dir=cache_dir)
     except Exception as error:  # offline, unknown name, missing split: all end here
-        raise ValueError(
+        raise DataError(
             f"corpus {name!r}: no local file or folder of that name exists, and loading it "
             f"as a Hugging Face hub dataset (split {split!r}) failed: {error}"
         ) from error
     if not isinstance(dataset, datasets.Dataset):
-        raise ValueError(f"corpus {name!r}: expected one split, got {type(dataset).__name__}")
+        raise DataError(f"corpus {name!r}: expected one split, got {type(dataset).__name__}")
     return dataset
 
 
 def _check_text_field(dataset: datasets.Dataset, config: DataConfig) -> None:
     if config.text_field not in dataset.column_names:
         columns = ", ".join(dataset.column_names) or "none"
-        raise ValueError(
+        raise DataError(
             f"corpus {config.corpus!r} has no column {config.text_field!r} "
             f"(data.text_field){did_you_mean(config.text_field, dataset.column_names)}; "
             f"available columns: {columns}"
@@ -373,7 +373,7 @@ def _load_saved(path: Path, config: DataConfig) -> datasets.Dataset:
     loaded = datasets.load_from_disk(str(path))
     if isinstance(loaded, datasets.DatasetDict):
         if config.split not in loaded:
-            raise ValueError(
+            raise DataError(
                 f"corpus {config.corpus!r} has no split {config.split!r} (data.split)"
                 f"{did_you_mean(config.split, loaded)}; available splits: {', '.join(loaded)}"
             )
@@ -384,13 +384,13 @@ def _load_saved(path: Path, config: DataConfig) -> datasets.Dataset:
 def corpus_files(path: Path, format: str | None = None) -> tuple[list[Path], str]:
     """The data files of a local corpus (sorted) and the ``datasets`` builder that reads them."""
     if format is not None and format not in FORMATS:
-        raise ValueError(
+        raise DataError(
             f"unknown data.format {format!r}{did_you_mean(format, FORMATS)}; use one of {FORMATS}"
         )
     if path.is_file():
         builder = format or _suffix_format(path)
         if builder is None:
-            raise ValueError(
+            raise DataError(
                 f"corpus {str(path)!r}: cannot tell the format from the suffix; set data.format "
                 f"to one of {FORMATS} (known suffixes: {', '.join(FORMAT_SUFFIXES)})"
             )
@@ -414,13 +414,13 @@ def _folder_files(folder: Path, format: str | None) -> tuple[list[Path], str]:
         return by_format.get(format, candidates), format
     known = {name: files for name, files in by_format.items() if name != "unknown"}
     if not known:
-        raise ValueError(
+        raise DataError(
             f"corpus folder {str(folder)!r} holds no data files (looked for "
             f"{', '.join(FORMAT_SUFFIXES)}, optionally compressed, in all subfolders)"
         )
     if len(known) > 1:
         counts = ", ".join(f"{len(files)} {name}" for name, files in sorted(known.items()))
-        raise ValueError(
+        raise DataError(
             f"corpus folder {str(folder)!r} mixes file types ({counts}); keep one type "
             "per folder or set data.format to pick one"
         )
@@ -436,7 +436,7 @@ def _load_files(builder: str, files: list[Path], **kwargs: Any) -> datasets.Data
     except Exception as error:  # e.g. StopIteration for an empty JSON file
         empty = " (the files are empty)" if all(f.stat().st_size == 0 for f in files) else ""
         names = ", ".join(str(f) for f in files[:3]) + (", ..." if len(files) > 3 else "")
-        raise ValueError(
+        raise DataError(
             f"datasets' {builder!r} reader could not read {names}{empty}: "
             f"{type(error).__name__}: {error}"
         ) from error
@@ -444,7 +444,7 @@ def _load_files(builder: str, files: list[Path], **kwargs: Any) -> datasets.Data
 
 def _load_text(files: list[Path], root: Path, config: DataConfig) -> datasets.Dataset:
     if config.text_sample_by not in SAMPLE_BY:
-        raise ValueError(
+        raise DataError(
             f"unknown data.text_sample_by {config.text_sample_by!r}"
             f"{did_you_mean(config.text_sample_by, SAMPLE_BY)}; use one of {SAMPLE_BY}"
         )

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ernie_cpt.config import TokenizerConfig
+from ernie_cpt.errors import InputError
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".h5", ".msgpack", ".onnx", ".ckpt")
@@ -68,10 +69,10 @@ def load_tokenizer(path: str | Path) -> Any:
         str(path), trust_remote_code=False, local_files_only=True
     )
     if not tokenizer.is_fast:
-        raise ValueError(f"{path}: a fast tokenizer is required (offset mappings, word ids)")
+        raise InputError(f"{path}: a fast tokenizer is required (offset mappings, word ids)")
     for token in ("cls_token", "sep_token", "pad_token", "mask_token"):
         if getattr(tokenizer, token) is None:
-            raise ValueError(
+            raise InputError(
                 f"{path}: the tokenizer has no {token}; BERT-style specials are needed"
             )
     return tokenizer

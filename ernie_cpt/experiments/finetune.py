@@ -30,6 +30,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from ernie_cpt.errors import InputError, MissingInputError
+
 TEXT_A_FIELDS = ("text", "text_a", "sentence", "sentence1", "question", "#1 String")
 TEXT_B_FIELDS = ("text_b", "sentence2", "#2 String")
 LABEL_FIELDS = ("label", "gold_label", "score", "Quality")
@@ -111,17 +113,17 @@ def find_fields(
     if text_fields:
         missing = [f for f in text_fields if f not in columns]
         if missing or len(text_fields) > 2:
-            raise ValueError(f"text fields {list(text_fields)} not usable with columns {columns}")
+            raise InputError(f"text fields {list(text_fields)} not usable with columns {columns}")
         first, second = text_fields[0], (text_fields[1] if len(text_fields) > 1 else None)
     else:
         found = [f for f in TEXT_A_FIELDS if f in columns]
         if not found:
-            raise ValueError(f"no text field among {columns}; expected one of {TEXT_A_FIELDS}")
+            raise InputError(f"no text field among {columns}; expected one of {TEXT_A_FIELDS}")
         first = found[0]
         second = next((f for f in TEXT_B_FIELDS if f in columns and f != first), None)
     label = label_field or next((f for f in LABEL_FIELDS if f in columns), None)
     if label is None or label not in columns:
-        raise ValueError(f"no label field among {columns}; expected one of {LABEL_FIELDS}")
+        raise InputError(f"no label field among {columns}; expected one of {LABEL_FIELDS}")
     return first, second, label
 
 
@@ -145,10 +147,10 @@ def load_labelled(
 ) -> LabelledData:
     """Read a labelled file into ``LabelledData`` (``label_names`` fixes the class order)."""
     if task_type not in TASK_TYPES:
-        raise ValueError(f"task type must be one of {TASK_TYPES}, got {task_type!r}")
+        raise InputError(f"task type must be one of {TASK_TYPES}, got {task_type!r}")
     rows = [r for r in read_rows(path) if r]
     if not rows:
-        raise ValueError(f"{path}: no examples")
+        raise InputError(f"{path}: no examples")
     columns = list(rows[0])
     ranked = RANK_QUERY_FIELD in columns or any(f in columns for f in RANK_GROUP_FIELDS)
     if task_type == "ranking" or (task_type == "auto" and ranked and not text_fields):
@@ -159,7 +161,7 @@ def load_labelled(
     if task_type == "auto":
         task_type = infer_task_type(raw_labels, second is not None)
     if task_type == "pair" and second is None:
-        raise ValueError(f"{path}: task type 'pair' needs a second text field {TEXT_B_FIELDS}")
+        raise InputError(f"{path}: task type 'pair' needs a second text field {TEXT_B_FIELDS}")
     texts_b = [r.get(second) or "" for r in rows] if second is not None else None
     if task_type == "single":
         texts_b = None
@@ -169,7 +171,7 @@ def load_labelled(
     names = list(label_names) if label_names else sorted(set(raw_labels), key=_label_order)
     unknown = sorted(set(raw_labels) - set(names))
     if unknown:
-        raise ValueError(f"{path}: labels {unknown} not among the training labels {names}")
+        raise InputError(f"{path}: labels {unknown} not among the training labels {names}")
     index = {name: i for i, name in enumerate(names)}
     return LabelledData(texts_a, texts_b, [index[x] for x in raw_labels], task_type, names)
 
@@ -185,12 +187,12 @@ def load_ranking(
         first = RANK_QUERY_FIELD
         second = next((f for f in RANK_PASSAGE_FIELDS if f in columns and f != first), None)
         if second is None:
-            raise ValueError(f"{path}: ranking rows need a passage field {RANK_PASSAGE_FIELDS}")
+            raise InputError(f"{path}: ranking rows need a passage field {RANK_PASSAGE_FIELDS}")
         label = label_field or next((f for f in LABEL_FIELDS if f in columns), "")
     else:
         first, second, label = find_fields(columns, None, label_field)
     if group not in columns or label not in columns:
-        raise ValueError(f"{path}: ranking rows need a {group!r} and a label field")
+        raise InputError(f"{path}: ranking rows need a {group!r} and a label field")
     rows = [r for r in rows if (r.get(label) or "").strip() != ""]
     return LabelledData(
         [r.get(first) or "" for r in rows],
@@ -220,12 +222,12 @@ def _label_order(label: str) -> tuple[int, float, str]:
 def split_dev(data: LabelledData, fraction: float, seed: int) -> tuple[LabelledData, LabelledData]:
     """(train, dev): a fixed shuffled ``fraction`` held out as dev."""
     if not 0.0 < fraction < 1.0:
-        raise ValueError(f"dev fraction must be in (0, 1), got {fraction}")
+        raise InputError(f"dev fraction must be in (0, 1), got {fraction}")
     order = list(range(len(data)))
     random.Random(seed).shuffle(order)
     cut = max(1, round(len(order) * fraction))
     if cut >= len(order):
-        raise ValueError(f"{len(order)} examples are too few to hold out a dev split")
+        raise InputError(f"{len(order)} examples are too few to hold out a dev split")
     return data.subset(sorted(order[cut:])), data.subset(sorted(order[:cut]))
 
 
@@ -433,10 +435,10 @@ def evaluate_model(
     config = config or FinetuneConfig()
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").exists():
-        raise FileNotFoundError(f"{model_dir}: not an exported model (no config.json)")
+        raise MissingInputError(f"{model_dir}: not an exported model (no config.json)")
     data = load_labelled(data_path, task_type, text_fields, label_field)
     if data.task_type == "ranking":
-        raise ValueError(f"{data_path}: ranking data (a query column): use ernie-cpt finetune")
+        raise InputError(f"{data_path}: ranking data (a query column): use ernie-cpt finetune")
     if dev_path is not None:
         dev = load_labelled(dev_path, data.task_type, text_fields, label_field, data.label_names)
         train = data

@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ernie_cpt.errors import InputError, MissingInputError
 from ernie_cpt.experiments.finetune import (
     LabelledData,
     classification_metrics,
@@ -214,7 +215,7 @@ def read_glue_tsv(path: Path, layout: GlueLayout) -> LabelledData:
     wanted = max(layout.text_a, layout.text_b or 0, layout.label)
     rows = [line for line in lines if len(line) > wanted and line[layout.label].strip()]
     if not rows:
-        raise ValueError(f"{path}: no labelled rows in the GLUE layout")
+        raise InputError(f"{path}: no labelled rows in the GLUE layout")
     texts_a = [r[layout.text_a] for r in rows]
     texts_b = [r[layout.text_b] for r in rows] if layout.text_b is not None else None
     raw = [r[layout.label].strip() for r in rows]
@@ -223,7 +224,7 @@ def read_glue_tsv(path: Path, layout: GlueLayout) -> LabelledData:
     names = list(layout.label_names)
     unknown = sorted(set(raw) - set(names))
     if unknown:
-        raise ValueError(f"{path}: labels {unknown[:5]} are not {names}")
+        raise InputError(f"{path}: labels {unknown[:5]} are not {names}")
     kind = "pair" if texts_b is not None else "single"
     return LabelledData(texts_a, texts_b, [names.index(x) for x in raw], kind, names)
 
@@ -233,7 +234,7 @@ def load_glue_folder(folder: Path, task: str, name: str | None = None) -> Downst
     layout = GLUE_LAYOUTS[task]
     missing = [f for f in ("train.tsv", *layout.devs.values()) if not (folder / f).exists()]
     if missing:
-        raise FileNotFoundError(f"{folder}: GLUE {task} folder lacks {', '.join(missing)}")
+        raise MissingInputError(f"{folder}: GLUE {task} folder lacks {', '.join(missing)}")
     devs = {split: read_glue_tsv(folder / f, layout) for split, f in layout.devs.items()}
     return DownstreamTask(
         name or task, read_glue_tsv(folder / "train.tsv", layout), devs, layout.metric, str(folder)
@@ -248,7 +249,7 @@ def load_hub(name: str, label: str | None = None) -> DownstreamTask:
     benchmark, _, config = name.partition("/")
     task = glue_name(config)
     if benchmark != "glue" or task is None:
-        raise ValueError(f"{name!r}: hub names are glue/<task>, e.g. glue/sst2")
+        raise InputError(f"{name!r}: hub names are glue/<task>, e.g. glue/sst2")
     layout = GLUE_LAYOUTS[task]
     hub_config, first, second, _ = layout.hub
     splits = {"matched": "validation_matched", "mismatched": "validation_mismatched"}
@@ -295,7 +296,7 @@ def resolve_data(
     if not path.exists():
         if where.startswith("glue/"):
             return [load_hub(where, name)]
-        raise FileNotFoundError(f"{where}: no such file or folder (hub names: glue/<task>)")
+        raise MissingInputError(f"{where}: no such file or folder (hub names: glue/<task>)")
     if path.is_dir():
         task = glue_name(name or "") or glue_name(path.name)
         if task is not None:
@@ -306,7 +307,7 @@ def resolve_data(
         children = [(c, glue_name(c.name)) for c in sorted(path.iterdir()) if c.is_dir()]
         tasks = [load_glue_folder(c, t) for c, t in children if t is not None]
         if not tasks:
-            raise FileNotFoundError(f"{path}: neither a GLUE task folder nor a GLUE root")
+            raise MissingInputError(f"{path}: neither a GLUE task folder nor a GLUE root")
         return tasks
     data = load_labelled(path, task_type)
     if data.task_type == "ranking":
@@ -350,5 +351,5 @@ def resolve_all(specs: Sequence[str], **options: object) -> list[DownstreamTask]
     names = [t.name for t in tasks]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
-        raise ValueError(f"task names {duplicates} repeat: name them with --data NAME=FILE")
+        raise InputError(f"task names {duplicates} repeat: name them with --data NAME=FILE")
     return tasks

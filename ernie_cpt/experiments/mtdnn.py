@@ -35,6 +35,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from ernie_cpt.errors import InputError, MissingInputError
 from ernie_cpt.experiments.finetune import FinetuneConfig, encode
 from ernie_cpt.experiments.glue import DownstreamTask, combine_splits, split_metrics
 
@@ -75,7 +76,7 @@ def batch_counts(batches: Sequence[int], temperature: float = 1.0) -> list[int]:
     if temperature == 1.0 or len(batches) == 1:
         return list(batches)
     if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
+        raise InputError(f"temperature must be > 0, got {temperature}")
     weights = [n ** (1.0 / temperature) for n in batches]
     total = sum(batches)
     exact = [total * w / sum(weights) for w in weights]
@@ -165,7 +166,7 @@ def task_ids(count: int, config: FinetuneConfig, shared: bool, vocab: int | None
     """Task-embedding id of each task: ``task_id + i`` (or ``task_id`` for all when shared)."""
     ids = [config.task_id if shared else config.task_id + i for i in range(count)]
     if vocab is not None and max(ids) >= vocab:
-        raise ValueError(
+        raise InputError(
             f"task ids up to {max(ids)} but the encoder has {vocab} task embeddings: "
             "use --shared-task-id or a lower --task-id"
         )
@@ -405,7 +406,7 @@ def finetune_tasks(
     config, mt = config or FinetuneConfig(), mt or MultitaskConfig()
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").exists():
-        raise FileNotFoundError(f"{model_dir}: not an exported model (no config.json)")
+        raise MissingInputError(f"{model_dir}: not an exported model (no config.json)")
     settings = {
         "model": str(model_dir.resolve()),
         "config": asdict(config),

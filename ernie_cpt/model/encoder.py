@@ -19,6 +19,7 @@ from transformers import ErnieConfig, ErnieModel
 from transformers.masking_utils import create_bidirectional_mask
 
 from ernie_cpt.config import ModelConfig, SharingConfig
+from ernie_cpt.errors import InputError
 from ernie_cpt.model.init_from import config_from_checkpoint, load_init_checkpoint
 from ernie_cpt.model.sharing import build_sharing, gate_statistics
 from ernie_cpt.model.sharing.base import SharedEncoding
@@ -145,7 +146,7 @@ def build_model(
         path = Path(model.init_from)
         config = config_from_checkpoint(path, model)
         if config.vocab_size != vocab_size:
-            raise ValueError(
+            raise InputError(
                 f"init_from {path}: vocabulary of {config.vocab_size} does not match the tokenizer's "
                 f"{vocab_size}; use the checkpoint's tokenizer (tokenizer.path)"
             )
