@@ -343,7 +343,9 @@ def statistics_text(summary: Mapping[str, Any]) -> list[str]:
         "schedule the same initial weights); a difference is **resolved** when its interval "
         "excludes 0, otherwise **not resolved**."
     )
-    if seeds <= FEW_SEEDS:
+    if seeds == 1:
+        text += " With 1 seed there is no interval, and no difference can be resolved."
+    elif seeds <= FEW_SEEDS:
         text += (
             f" With {seeds} seed(s) the bootstrap interval is crude (it can only recombine "
             f"{seeds} values; with 2 it is essentially [min, max]) and understates the "
