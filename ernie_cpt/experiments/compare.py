@@ -30,6 +30,11 @@ results are cached per file content, settings and model). A failed run stops the
 of its log printed); a training subprocess dies with the harness (``PR_SET_PDEATHSIG``), and
 a lock file refuses a second harness on the same directory.
 
+Baseline: ``--baseline mlm`` adds per seed a run ``mlm-only-seed<s>`` that trains only that
+task (its options from the config) in one stage for as many steps as the schedules, with the
+same seeds and data settings; its held-out score and downstream results are the report's
+baseline row.
+
 Speed: ``--threads N`` sets ``OMP_NUM_THREADS`` of the training runs; on a small, shared
 CPU 1 thread trained the demo model several times faster than the default (OpenMP threads
 waiting on each other).

@@ -2,14 +2,19 @@
 
 ``build_summary`` reduces the per-run results of ``ernie_cpt.experiments.compare.collect_run`` to one
 entry per schedule: ACC, BWT, FWT and average forgetting as mean / sample std / min / max
-over seeds (NaN, written ``null`` in JSON and ``n/a`` in the table, where a metric is
-undefined, e.g. BWT of multitask), the seed-mean R matrix, downstream medians, tokens and
-wall time. ``write_report`` writes beside it, under ``plots/``:
+and a 95% percentile-bootstrap interval over seeds (NaN, written ``null`` in JSON and ``n/a``
+in the table, where a metric is undefined, e.g. BWT of multitask), the seed-mean R matrix,
+downstream medians, tokens and wall time. ``paired`` holds the paired differences between
+every two schedules on the seeds both ran (forgetting metrics, each task's final score,
+each downstream median) with their intervals and whether each is resolved (interval
+excludes 0); ``chance`` each task's majority-class score from the runs' data report;
+``baselines`` the ``--baseline`` runs (one task alone at equal steps). The methods are in
+``ernie_cpt.experiments.statistics``. ``write_report`` writes beside it, under ``plots/``:
 
 - ``loss_curves.png``: per schedule, each task's training loss (moving average; every seed,
   one colour per task), stage boundaries as dashed lines;
 - ``r_matrix.png``: per schedule, the seed-mean R matrix as a heatmap (rows: initial model,
-  then each stage; columns: tasks);
+  then each stage; columns: tasks, each with its chance level);
 - ``forgetting.png``: ACC, BWT, FWT and forgetting per schedule (bar = mean, whisker = std,
   dots = seeds);
 - ``gates.png`` (sharing grids with gated kinds): per variant, the task x expert mean gate
