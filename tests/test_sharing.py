@@ -509,3 +509,29 @@ def test_deepspeed_steps_every_kind_with_a_weighting(
     engine.step()
     moved = [n for n, p in module.model.sharing.named_parameters() if not torch.equal(p, before[n])]
     assert moved
+
+
+def test_sharing_telemetry_as_wandb_scalars():
+    from ernie_cpt.training.run_log import flat_metrics
+
+    row = {
+        "stage": 0,
+        "lr": 1e-3,
+        "losses": {"a": 1.0},
+        "tokens_per_s": 5.0,
+        "tokens": 10,
+        "sharing": {
+            "gates": {"a": {"top": {"mean": [0.25, 0.75], "entropy": 0.5, "max_entropy": 0.69}}},
+            "stitch": {"layer0": {"a": {"a": 0.9, "b": 0.1}}},
+            "distance": {"a": 0.125},
+        },
+    }
+    flat = flat_metrics(row)
+    assert {k: v for k, v in flat.items() if k.startswith("sharing/")} == {
+        "sharing/gate/a/top/e0": 0.25,
+        "sharing/gate/a/top/e1": 0.75,
+        "sharing/gate/a/top/entropy": 0.5,
+        "sharing/stitch/layer0/a/a": 0.9,
+        "sharing/stitch/layer0/a/b": 0.1,
+        "sharing/distance/a": 0.125,
+    }
