@@ -16,7 +16,7 @@ excludes 0); ``chance`` each task's majority-class score from the runs' data rep
 - ``r_matrix.png``: per schedule, the seed-mean R matrix as a heatmap (rows: initial model,
   then each stage; columns: tasks, each with its chance level);
 - ``forgetting.png``: ACC, BWT, FWT and forgetting per schedule (bar = mean, whisker = std,
-  dots = seeds);
+  dots = seeds, black line beside the bar = 95% bootstrap interval);
 - ``gates.png`` (sharing grids with gated kinds): per variant, the task x expert mean gate
   weights;
 - ``downstream.png``: per downstream data set, every fine-tuning seed's score (small dots),
@@ -692,7 +692,8 @@ def plot_r_matrices(summary: Mapping[str, Any], path: Path) -> None:
 
 
 def plot_forgetting_bars(summary: Mapping[str, Any], path: Path) -> None:
-    """ACC, BWT, FWT, forgetting per schedule: mean bar, std whisker, seed dots."""
+    """ACC, BWT, FWT, forgetting per schedule: mean bar, std whisker, seed dots, and the 95%
+    bootstrap interval as a black line beside the bar."""
     plt = _pyplot()
     kinds = list(summary["schedules"])
     fig, axes = plt.subplots(1, len(METRICS), figsize=(3.2 * len(METRICS), 3.2))
@@ -706,6 +707,9 @@ def plot_forgetting_bars(summary: Mapping[str, Any], path: Path) -> None:
                 ax.text(x, 0, "n/a", ha="center", fontsize=8)
                 continue
             ax.bar(x, spread["mean"], yerr=spread["std"], capsize=4, alpha=0.6, color=f"C{x}")
+            low, high = spread.get("ci_low", math.nan), spread.get("ci_high", math.nan)
+            if not (math.isnan(low) or math.isnan(high)):  # the bootstrap interval, offset
+                ax.vlines(x + 0.25, low, high, color="k", lw=2)
             ax.plot([x] * len(seeds), seeds, "k.", ms=5)
         ax.axhline(0, color="grey", lw=0.6)
         ax.set_xticks(range(len(kinds)), kinds, rotation=20, fontsize=8)
