@@ -101,7 +101,8 @@ def cmd_check(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     """Run or resume training."""
     config = _load(args, output_dir=args.output_dir, resume=args.resume, overwrite=args.overwrite)
-    logs.attach_file(Path(args.output_dir) / "run.log")
+    rank = os.environ.get("RANK", "0")  # one log per process of a multi-process run
+    logs.attach_file(Path(args.output_dir) / ("run.log" if rank == "0" else f"run-rank{rank}.log"))
     logs.tame_libraries(deepspeed=True)
     from ernie_cpt.training.loop import RunOptions, train
 
@@ -116,8 +117,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:  # Ctrl-C before the loop (data preparation): no traceback
         print("ernie-cpt: interrupted", file=sys.stderr)
         return 130
-    _note_early_stop(summary)
     if int(os.environ.get("RANK", "0")) == 0:
+        _note_early_stop(summary)
         emit(json.dumps(summary, indent=2))
     return summary["exit_code"]  # 143 / 130 after a checkpoint on SIGTERM / SIGINT
 
@@ -155,7 +156,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     """Export a run's newest valid checkpoint as a Hugging Face directory."""
     from ernie_cpt.export import export_run
 
-    logs.attach_file(Path(args.run_dir) / "run.log")
+    if Path(args.run_dir).is_dir():  # a missing one is export_run's error, not created here
+        logs.attach_file(Path(args.run_dir) / "run.log")
     logs.tame_libraries()
     out = export_run(
         Path(args.run_dir),

@@ -142,3 +142,18 @@ def test_train_stdout_is_the_json_summary_and_stderr_is_quiet(tmp_path):
     assert "INFO ernie_cpt.training.run_dir: no checkpoint under" in result.stderr
     assert "WARNING" not in result.stderr, result.stderr
     assert "real_accelerator" in (run / "run.log").read_text()  # DeepSpeed's, in the log
+
+
+def test_missing_inputs_are_one_line_errors_and_nothing_is_created(tmp_path, capsys):
+    with restored_logging():
+        assert cli.main(["evaluate", str(tmp_path), "--data", str(tmp_path / "no.tsv")]) == 2
+        assert (
+            capsys.readouterr().err
+            == f"ernie-cpt: error: --data {tmp_path / 'no.tsv'}: no such file\n"
+        )
+        run = tmp_path / "no-run"
+        assert cli.main(["export", str(run), str(tmp_path / "out")]) == 2
+        assert (
+            capsys.readouterr().err == f"ernie-cpt: error: {run}: no valid checkpoint to export\n"
+        )
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
