@@ -527,19 +527,7 @@ def markdown(summary: Mapping[str, Any], plots: Sequence[str]) -> str:
         *r_matrix_sections(summary),
         *baseline_section(summary),
     ]
-    sharing = sharing_table(summary)
-    if sharing:
-        out += ["", "## Sharing architectures", "", *sharing, ""]
-        out += [
-            "Parameters: the whole model; FLOPs/token: forward of encoder + architecture "
-            "for one task's route (heads excluded), counted by torch's FlopCounterMode; "
-            "tokens/s: training tokens over the trainer's step time (mean over seeds), and "
-            "relative to the same schedule with hard sharing; conflict: lowest mean "
-            "gradient cosine on the last shared layer over the run's telemetry rows; gates: "
-            "tasks grouped by the expert their mean gate weights most (last gate site, "
-            "mean over the last logged rows). Definitions: "
-            "`ernie_cpt/experiments/architecture.py`; heatmaps: `plots/gates.png`."
-        ]
+    out += sharing_section(summary)
     stage_tables = stage_downstream_tables(summary)
     if stage_tables:
         out += ["", "## Downstream at stage ends (mean over seeds of the per-model medians)"]
@@ -548,6 +536,28 @@ def markdown(summary: Mapping[str, Any], plots: Sequence[str]) -> str:
     out += [f"![{Path(p).stem}](plots/{p})" for p in plots]
     out += ["", "## W&B", "", *_wandb_text(summary["group"])]
     return "\n".join(out) + "\n"
+
+
+def sharing_section(summary: Mapping[str, Any]) -> list[str]:
+    """The sharing-architecture table and its definitions (empty for a plain grid)."""
+    sharing = sharing_table(summary)
+    if not sharing:
+        return []
+    return [
+        "",
+        "## Sharing architectures",
+        "",
+        *sharing,
+        "",
+        "Parameters: the whole model; FLOPs/token: forward of encoder + architecture "
+        "for one task's route (heads excluded), counted by torch's FlopCounterMode; "
+        "tokens/s: training tokens over the trainer's step time (mean over seeds), and "
+        "relative to the same schedule with hard sharing; conflict: lowest mean "
+        "gradient cosine on the last shared layer over the run's telemetry rows; gates: "
+        "tasks grouped by the expert their mean gate weights most (last gate site, "
+        "mean over the last logged rows). Definitions: "
+        "`ernie_cpt/experiments/architecture.py`; heatmaps: `plots/gates.png`.",
+    ]
 
 
 def r_matrix_sections(summary: Mapping[str, Any]) -> list[str]:
