@@ -37,9 +37,10 @@ from transformers import (
     get_linear_schedule_with_warmup,
 )
 
-from ernie_cpt import trainer
 from ernie_cpt.config import RunConfig, load_config
 from ernie_cpt.data.task_stream import TaskStream
+from ernie_cpt.training.run_setup import Run, RunOptions, setup
+from ernie_cpt.training.step import train_step
 
 TASK = "mlm"
 NO_DECAY = ("bias", "LayerNorm.weight")
@@ -73,14 +74,14 @@ def build_config(args: argparse.Namespace) -> RunConfig:
     return load_config(args.config, overrides + args.set)
 
 
-def ernie_stepper(run: trainer.Run) -> Callable[[], int]:
-    """One ``trainer.train_step`` per call; returns its non-pad token count."""
+def ernie_stepper(run: Run) -> Callable[[], int]:
+    """One ``train_step`` per call; returns its non-pad token count."""
     counter = itertools.count()
 
     def step() -> int:
         index = next(counter)
         stage = run.schedule.stages[run.schedule.stage_at(index)]
-        return trainer.train_step(run, TASK, stage, index)["tokens"]
+        return train_step(run, TASK, stage, index).tokens
 
     return step
 
@@ -108,16 +109,22 @@ def hf_columns(batch: dict[str, list[Any]], special_ids: list[int]) -> dict[str,
     }
 
 
-def index_stream(run: trainer.Run) -> Iterator[int]:
+def index_stream(run: Run) -> Iterator[int]:
     """Example indices in the order ernie-cpt's stream visits them (epoch after epoch)."""
     t = run.config.train
-    stream = TaskStream(run.data.train[TASK], TASK, t.micro_batch_size, t.seed)
+    bucketing = {"bucket_size": t.bucket_size} if hasattr(t, "bucket_size") else {}
+    stream = TaskStream(run.data.train[TASK], TASK, t.micro_batch_size, t.seed, **bucketing)
     for epoch in itertools.count():
         yield from (int(i) for i in stream.order(epoch))
 
 
-def hf_stepper(run: trainer.Run) -> Callable[[], int]:
-    """A plain transformers MLM training step over the same examples; returns token count."""
+def hf_stepper(run: Run, masked_only: bool = False, workers: int = 0) -> Callable[[], int]:
+    """A plain transformers MLM training step over the same examples; returns token count.
+
+    ``masked_only``: the loss decodes the masked positions only (``model.bert`` then
+    ``model.cls`` on the selected rows), as ernie-cpt does: the like-for-like loop.
+    ``workers``: DataLoader worker processes (0: collation in the training thread).
+    """
     cfg, tokenizer = run.config, run.data.tokenizer
     m, t = cfg.model, cfg.train
     bert = BertConfig(
@@ -167,13 +174,18 @@ def hf_stepper(run: trainer.Run) -> Callable[[], int]:
         return collator(features)
 
     loader = DataLoader(
-        dataset, batch_size=t.micro_batch_size, sampler=index_stream(run), collate_fn=collate
+        dataset,
+        batch_size=t.micro_batch_size,
+        sampler=index_stream(run),
+        collate_fn=collate,
+        num_workers=workers,
+        persistent_workers=workers > 0,
     )
     batches = iter(loader)
 
     def step() -> int:
         batch = next(batches)
-        loss = model(**batch).loss
+        loss = masked_loss(model, batch) if masked_only else model(**batch).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), t.gradient_clipping)
         optimizer.step()
@@ -182,6 +194,19 @@ def hf_stepper(run: trainer.Run) -> Callable[[], int]:
         return int(batch["attention_mask"].sum())
 
     return step
+
+
+def masked_loss(model: BertForMaskedLM, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Mean cross-entropy over masked positions, decoding those positions only."""
+    labels = batch["labels"]
+    hidden = model.bert(
+        input_ids=batch["input_ids"],
+        attention_mask=batch["attention_mask"],
+        token_type_ids=batch.get("token_type_ids"),
+    )[0]  # (B, T, H)
+    positions = labels != -100  # (B, T)
+    logits = model.cls(hidden[positions])  # (N, V)
+    return torch.nn.functional.cross_entropy(logits, labels[positions])
 
 
 def timed(step: Callable[[], int], steps: int) -> tuple[int, float, float]:
@@ -209,7 +234,7 @@ def main() -> None:
     transformers.logging.set_verbosity_error()
     config = build_config(args)
     with tempfile.TemporaryDirectory(prefix="mlm-bench-") as tmp:
-        run = trainer.setup(config, Path(tmp), resume="never", progress=False)
+        run = setup(config, Path(tmp), RunOptions(resume="never", progress=False))
         sides = {"ernie-cpt": ernie_stepper(run), "hf": hf_stepper(run)}
         for step in sides.values():
             timed(step, args.warmup)

@@ -130,8 +130,14 @@ class TrainConfig:
     keep_checkpoints: int = 3
     eval_every: int = 0
     eval_batches: int = 8
-    log_every: int = 1
+    # metrics.jsonl rows, W&B points and the progress bar every N steps (1: every step).
+    log_every: int = bounded(1, low=1)
     seed: int = 42
+    # Length bucketing: batches are formed inside windows of this many batches sorted by
+    # length (0 or 1 = off: random batches, padded to their longest example).
+    bucket_size: int = bounded(64, low=0)
+    # Micro-batches per task prepared ahead in a background thread (0 = in the step itself).
+    prefetch: int = bounded(2, low=0)
     # One forward per step for one sentence-level task plus every active token-level task.
     combine_token_tasks: bool = True
     # Per-task gradient norms and cosines every N steps (0 = off); see ernie_cpt.training.gradient_telemetry.

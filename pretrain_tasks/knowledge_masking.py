@@ -73,8 +73,9 @@ from pretrain_tasks.base import (
 from pretrain_tasks.document import Document
 from pretrain_tasks.masking import (
     MaskedLMHead,
+    add_gather_index,
     maskable_positions,
-    masked_lm_loss,
+    masked_lm_batch_loss,
     masked_lm_metrics,
     record_masked,
     unit_mask,
@@ -473,6 +474,7 @@ class KnowledgeMaskingTask(AttachingCollate):
             random_probability=s.random_probability,
         )
         record_masked(batch, batch[LABELS])
+        add_gather_index(batch, LABELS)
         return True
 
     def build_head(self, config: Any) -> nn.Module:
@@ -481,7 +483,7 @@ class KnowledgeMaskingTask(AttachingCollate):
 
     def loss(self, head: nn.Module, encoded: Encoded, batch: Mapping[str, Tensor]) -> TaskLoss:
         """Cross-entropy over masked positions."""
-        return masked_lm_loss(head, encoded, batch[LABELS])
+        return masked_lm_batch_loss(head, encoded, batch, LABELS)
 
     def metrics(self, stats: Mapping[str, float]) -> dict[str, float]:
         """Masked-token accuracy and perplexity."""

@@ -124,15 +124,61 @@ class MaskedLMHead(nn.Module):
         return self.decoder(self.layer_norm(self.act(self.dense(token_states))))
 
 
+# Gathered positions are padded to a multiple of this (few distinct shapes for compilers).
+GATHER_MULTIPLE = 16
+
+
+def add_gather_index(batch: dict[str, Tensor], key: str) -> None:
+    """Add ``<key>_index`` (N,) flat positions into (B*T) and ``<key>_targets`` (N,) of the
+    labelled positions of ``batch[key]`` (B, T), N padded up to a multiple of
+    ``GATHER_MULTIPLE`` with position 0 / IGNORE_INDEX.
+
+    Computed at collate time on the host, so the loss gathers a known-size set of rows on
+    the device instead of a boolean-mask selection (which reads the mask's count back to
+    the host: a synchronisation per loss).
+    """
+    flat = batch[key].reshape(-1)  # (B*T,)
+    index = (flat != IGNORE_INDEX).nonzero().squeeze(1)  # host tensor: no device sync
+    size = -(-max(len(index), 1) // GATHER_MULTIPLE) * GATHER_MULTIPLE
+    padded = torch.zeros(size, dtype=torch.long)
+    padded[: len(index)] = index
+    targets = torch.full((size,), IGNORE_INDEX, dtype=torch.long)
+    targets[: len(index)] = flat[index]
+    batch[f"{key}_index"], batch[f"{key}_targets"] = padded, targets
+
+
 def masked_lm_loss(head: nn.Module, encoded: Encoded, labels: Tensor) -> TaskLoss:
     """Cross-entropy over masked positions only (the decoder never sees other tokens)."""
-    positions = labels != IGNORE_INDEX  # (B, T)
-    states = encoded.sequence_output[positions]  # (N, H)
-    targets = labels[positions]  # (N,)
+    flat = labels.reshape(-1)
+    index = (flat != IGNORE_INDEX).nonzero().squeeze(1)  # boolean selection: syncs on a GPU
+    return masked_lm_gathered_loss(head, encoded, index, flat[index])
+
+
+def masked_lm_batch_loss(
+    head: nn.Module, encoded: Encoded, batch: Mapping[str, Tensor], key: str
+) -> TaskLoss:
+    """``masked_lm_loss`` of ``batch[key]``, from ``add_gather_index``'s columns if present."""
+    if f"{key}_index" in batch:
+        return masked_lm_gathered_loss(
+            head, encoded, batch[f"{key}_index"], batch[f"{key}_targets"]
+        )
+    return masked_lm_loss(head, encoded, batch[key])
+
+
+def masked_lm_gathered_loss(
+    head: nn.Module, encoded: Encoded, index: Tensor, targets: Tensor
+) -> TaskLoss:
+    """Cross-entropy of the rows ``index`` (N,) of the flattened (B*T, H) states against
+    ``targets`` (N,); IGNORE_INDEX targets (padding of the index) count nothing."""
+    hidden = encoded.sequence_output
+    states = hidden.reshape(-1, hidden.shape[-1]).index_select(0, index)  # (N, H)
     logits = head(states).float()  # (N, V)
-    loss_sum = nn.functional.cross_entropy(logits, targets, reduction="sum")
-    correct = (logits.argmax(-1) == targets).sum()
-    count = positions.sum()
+    loss_sum = nn.functional.cross_entropy(
+        logits, targets, ignore_index=IGNORE_INDEX, reduction="sum"
+    )
+    valid = targets != IGNORE_INDEX
+    correct = ((logits.argmax(-1) == targets) & valid).sum()
+    count = valid.sum()
     stats = {"loss_sum": loss_sum.detach(), "correct": correct, "count": count}
     return TaskLoss(loss_sum, count, stats)
 

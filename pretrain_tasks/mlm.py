@@ -23,8 +23,9 @@ from pretrain_tasks.base import AttachingCollate, CorpusView, Encoded, SkipDocum
 from pretrain_tasks.document import Document
 from pretrain_tasks.masking import (
     MaskedLMHead,
+    add_gather_index,
     maskable_positions,
-    masked_lm_loss,
+    masked_lm_batch_loss,
     masked_lm_metrics,
     record_masked,
     whole_word_mask,
@@ -90,6 +91,7 @@ class MLMTask(AttachingCollate):
             random_probability=self.settings.random_probability,
         )
         record_masked(batch, batch["mlm_labels"])
+        add_gather_index(batch, "mlm_labels")
         return True
 
     def build_head(self, config: Any) -> nn.Module:
@@ -98,7 +100,7 @@ class MLMTask(AttachingCollate):
 
     def loss(self, head: nn.Module, encoded: Encoded, batch: Mapping[str, Tensor]) -> TaskLoss:
         """Loss over masked positions."""
-        return masked_lm_loss(head, encoded, batch["mlm_labels"])
+        return masked_lm_batch_loss(head, encoded, batch, "mlm_labels")
 
     def metrics(self, stats: Mapping[str, float]) -> dict[str, float]:
         """Masked-token accuracy and perplexity."""

@@ -75,7 +75,8 @@ def build_streams(
             raise ValueError(
                 f"task {name!r} built no training examples from {config.data.corpus} (skipped: {skipped})"
             )
+        t = config.train
         streams[name] = TaskStream(
-            dataset, name, config.train.micro_batch_size, config.train.seed, rank, world_size
+            dataset, name, t.micro_batch_size, t.seed, rank, world_size, t.bucket_size
         )
     return streams

@@ -13,6 +13,7 @@ import os
 import signal
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +23,12 @@ from ernie_cpt.training.build import build_schedule_for, schedule_from_config
 from ernie_cpt.training.faults import fault_point
 from ernie_cpt.training.gradient_telemetry import gradient_telemetry
 from ernie_cpt.training.heldout_eval import evaluate
+from ernie_cpt.training.input_pipeline import InputPipeline
 from ernie_cpt.training.run_dir import locked
 from ernie_cpt.training.run_log import JsonlLog, WandbRun, flat_metrics
 from ernie_cpt.training.run_setup import Run, RunOptions, setup
 from ernie_cpt.training.signals import StopRequest
-from ernie_cpt.training.step import StepResult, telemetry_batches, train_step
+from ernie_cpt.training.step import StepResult, build_micro_batch, telemetry_batches, train_step
 from schedules import sample_task
 
 __all__ = ["RunOptions", "TrainingHalted", "build_schedule_for", "schedule_from_config", "train"]
@@ -222,27 +224,47 @@ def loop(run: Run, logs: Logs, stop: int, signals: StopRequest) -> int:
     state, schedule = run.state, run.schedule
     if state.step == 0:
         run_evaluation(run, logs, -1, "initial")  # the initial model: b[j]
-    bar = progress_bar(run, stop)
-    while state.step < stop:
-        step, started = state.step, time.perf_counter()
-        stage_index = schedule.stage_at(step)
-        stage = schedule.stages[stage_index]
-        consumed = state.consumed.get(str(stage_index), {})
-        task = sample_task(stage, consumed, step, run.config.schedule.seed)
-        result = train_step(run, task, stage, step, signals.signum)
-        seconds = time.perf_counter() - started
-        record_step(run, stage_index, result, seconds)
-        log_step(run, logs, step_row(run, stage_index, result, seconds))
-        check_streak(run)
-        fault_point("after_step", state.step)
-        bar.update(1)
-        bar.set_postfix(stage=stage_index, task=task, loss=f"{sum(result.losses.values()):.3f}")
-        after_step(run, logs, stage_index, stop, result.stop)
-        if result.stop:
-            bar.close()
-            return signals.signum or signal.SIGTERM
-    bar.close()
-    return 0
+    bar, pipeline = progress_bar(run, stop), input_pipeline(run)
+    try:
+        while state.step < stop:
+            step, started = state.step, time.perf_counter()
+            stage_index = schedule.stage_at(step)
+            stage = schedule.stages[stage_index]
+            consumed = state.consumed.get(str(stage_index), {})
+            task = sample_task(stage, consumed, step, run.config.schedule.seed)
+            result = train_step(run, task, stage, step, signals.signum, pipeline)
+            seconds = time.perf_counter() - started
+            record_step(run, stage_index, result, seconds)
+            if log_due(run, result, stop):
+                log_step(run, logs, step_row(run, stage_index, result, seconds))
+                bar.set_postfix(
+                    stage=stage_index, task=task, loss=f"{sum(result.losses.values()):.3f}"
+                )
+            check_streak(run)
+            fault_point("after_step", state.step)
+            bar.update(1)
+            after_step(run, logs, stage_index, stop, result.stop)
+            if result.stop:
+                return signals.signum or signal.SIGTERM
+        return 0
+    finally:
+        bar.close()
+        pipeline.close()
+
+
+def input_pipeline(run: Run) -> InputPipeline:
+    """Micro-batches built ahead in a background thread (``train.prefetch`` per task)."""
+    return InputPipeline(run.streams, partial(build_micro_batch, run), run.config.train.prefetch)
+
+
+def log_due(run: Run, result: StepResult, stop: int) -> bool:
+    """Whether the step just taken gets a metrics.jsonl row, W&B point and bar update:
+    every ``train.log_every`` steps, the last step, a skipped step, a stop, telemetry steps."""
+    step, train = run.state.step, run.config.train
+    telemetry = train.grad_telemetry_every and step % train.grad_telemetry_every == 0
+    return bool(
+        step % train.log_every == 0 or step == stop or result.stop or not result.finite or telemetry
+    )
 
 
 def finish(run: Run, logs: Logs, signum: int = 0) -> dict[str, Any]:

@@ -1,8 +1,15 @@
 """One optimizer step: gradient-accumulated micro-batches of one task, reduced over ranks.
 
 A sentence-level task's batch also carries the labels of the stage's token-level tasks (one
-forward, several losses, as in the ERNIE 2.0 paper). Everything random about a step is a
-pure function of (seed, step, micro-batch, rank).
+forward, several losses, as in the ERNIE 2.0 paper), with one masked-LM labelling: when
+several token tasks mask inputs (mlm, knowledge_masking), only the first of them in the
+config's ``tasks`` order is attached (two masking draws would mask ~27% of the tokens and run two vocabulary
+decoders). Everything random about a micro-batch is a pure function of (seed, task, stream
+cursor, rank), so ``input_pipeline`` can build batches before the schedule draws them.
+
+Host-device synchronisation: the step's statistics stay on the device until the one
+all-reduce at its end, whose result is read once (``tolist``); token counts come from the
+host-side batch. Nothing else in the step reads a device value.
 
 Non-finite guard (as torchtitan does): the step's statistics are reduced over ranks *before*
 the optimizer update, in the one all-reduce the step already makes, together with a
@@ -13,19 +20,19 @@ rank (``engine.skip_update``: no change to weights, moments or the LR schedule).
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from ernie_cpt.training.engine import device, skip_update
 from ernie_cpt.training.faults import ENV as FAULT_ENV
-from ernie_cpt.training.train_module import merge_stats, reduce_stats
+from ernie_cpt.training.input_pipeline import Cursor, InputPipeline, Prepared, pin, to_device
 from ernie_cpt.training.weighting import kpi_key, loss_key
-from pretrain_tasks.base import stable_seed
+from pretrain_tasks.base import TaskLoss, stable_seed
 from schedules import Stage
 
 if TYPE_CHECKING:
@@ -33,6 +40,7 @@ if TYPE_CHECKING:
 
 TELEMETRY_SEED = 7
 STAT_KEYS = ("loss_sum", "sample_size", "correct", "count")
+_EMPTY = torch.zeros(0, dtype=torch.float64)
 
 
 @dataclass(frozen=True)
@@ -50,54 +58,85 @@ class StepResult:
 
 
 def attached_tasks(run: Run, task: str, stage_tasks: tuple[str, ...]) -> list[str]:
-    """Token-level tasks that label the batch of a sentence-level ``task`` (the paper's rule)."""
+    """Token-level tasks that label the batch of a sentence-level ``task`` (the paper's rule),
+    with at most one that masks inputs: the first such task in the config's ``tasks``."""
     tasks = run.data.tasks
     if not run.config.train.combine_token_tasks or tasks[task].level != "sentence":
         return []
-    return [t for t in stage_tasks if t != task and tasks[t].level == "token"]
-
-
-def micro_batch(
-    run: Run, task: str, stage: Stage, step: int, micro: int
-) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """The collated batch (on the device) of one micro-batch and the tasks it carries labels of."""
-    tasks = run.data.tasks
-    generator = torch.Generator().manual_seed(
-        stable_seed(run.config.train.seed, "batch", step, micro, run.rank) % 2**63
+    token = [t for t in stage_tasks if t != task and tasks[t].level == "token"]
+    order = list(run.config.tasks)  # the config's task order decides, not the schedule's
+    maskers = sorted(
+        (t for t in token if getattr(tasks[t], "masks_inputs", False)), key=order.index
     )
-    examples = run.streams[task].next_examples()
+    return [t for t in token if t not in maskers[1:]]
+
+
+def build_micro_batch(
+    run: Run, task: str, stage_tasks: tuple[str, ...], cursor: Cursor
+) -> Prepared:
+    """The host-side micro-batch of ``task`` at stream ``cursor`` (a pure function of it)."""
+    tasks, stream = run.data.tasks, run.streams[task]
+    generator = torch.Generator().manual_seed(
+        stable_seed(run.config.train.seed, "batch", task, *cursor, run.rank) % 2**63
+    )
+    indices, after = stream.peek(cursor)
+    examples = stream.dataset[indices]
     batch = tasks[task].collate(examples, generator)
     names = [task] + [
         t
-        for t in attached_tasks(run, task, stage.tasks)
+        for t in attached_tasks(run, task, stage_tasks)
         if tasks[t].attach(batch, examples, generator)
     ]
     batch["task_type_ids"] = torch.full_like(batch["input_ids"], run.state.task_ids[task])
-    return {k: v.to(device()) for k, v in batch.items()}, names
+    tokens = int(batch["attention_mask"].sum())  # host tensor: no device sync
+    return Prepared(pin(batch), names, tokens, after)
 
 
-def train_step(run: Run, task: str, stage: Stage, step: int, stop_signal: int = 0) -> StepResult:
+def micro_batch(
+    run: Run, task: str, stage: Stage, pipeline: InputPipeline | None = None
+) -> Prepared:
+    """The next micro-batch of ``task`` (from ``pipeline`` when given, else built now)."""
+    if pipeline is None:
+        pipeline = InputPipeline(run.streams, partial(build_micro_batch, run), depth=0)
+    return pipeline.take(task, stage.tasks)
+
+
+def train_step(
+    run: Run,
+    task: str,
+    stage: Stage,
+    step: int,
+    stop_signal: int = 0,
+    pipeline: InputPipeline | None = None,
+) -> StepResult:
     """Gradient-accumulated micro-batches of ``task`` (+ attached token tasks), one update.
 
     ``stop_signal`` is this rank's pending SIGTERM/SIGINT (0: none), agreed on over ranks.
+    ``pipeline`` supplies micro-batches built ahead (None: built in the step, same batches).
     """
     engine, accumulation = run.engine, run.config.train.gradient_accumulation_steps
-    stats: dict[str, dict[str, float]] = {}
+    sums: dict[str, torch.Tensor] = {}  # task -> (4,) STAT_KEYS summed, on the device
     tokens, weights = 0, {}
     lr = engine.get_lr()[0]
     for micro in range(accumulation):
-        batch, names = micro_batch(run, task, stage, step, micro)
+        prepared = micro_batch(run, task, stage, pipeline)
+        batch = to_device(prepared.batch, device())
         with nan_fault(engine, step + 1):
-            loss, task_losses, weights = engine(batch, names, step, stage.weighting)
+            loss, task_losses, weights = engine(batch, prepared.names, step, stage.weighting)
         engine.backward(loss)
         if micro < accumulation - 1:
             engine.step()  # not an accumulation boundary: no update yet
-        merge_stats(stats, reduce_stats(task_losses))
-        tokens += int(batch["attention_mask"].sum())
-    names = sorted(stats)
-    local = [stats[n].get(k, 0.0) for n in names for k in STAT_KEYS]
-    flags = [0.0 if all(map(math.isfinite, local)) else 1.0, float(stop_signal)]
-    totals = reduce_step([tokens, *flags, *local], grad_nonfinite(engine))
+        for name, stats in stat_vectors(task_losses).items():
+            sums[name] = sums[name] + stats if name in sums else stats
+        tokens += prepared.tokens
+    names, weight_names = sorted(sums), sorted(weights)
+    totals = reduce_step(
+        [tokens, float(stop_signal)],
+        [torch.stack([sums[n] for n in names]).flatten(), weight_vector(weights, weight_names)],
+        grad_nonfinite(engine),
+    )
+    first = 3 + 4 * len(names)  # weights: summed over ranks, every rank has the same
+    weight_values = [w / run.world_size for w in totals[first : first + len(weight_names)]]
     finite = totals[1] == 0 and totals[-1] == 0
     skipped_before = engine.skipped_steps
     if finite:
@@ -119,7 +158,7 @@ def train_step(run: Run, task: str, stage: Stage, step: int, stop_signal: int = 
         samples={n: int(s["sample_size"]) for n, s in summed.items()},
         tokens=int(totals[0]),
         lr=lr,
-        weights={n: float(w) for n, w in weights.items()},
+        weights=dict(zip(weight_names, weight_values, strict=True)),
         finite=finite,
         stop=totals[2] > 0,
     )
@@ -152,17 +191,49 @@ def grad_nonfinite(engine: Any) -> torch.Tensor | None:
     return (~torch.isfinite(norm)).double()
 
 
-def reduce_step(values: list[float], extra: torch.Tensor | None) -> list[float]:
-    """Sum ``values`` (+ the device scalar ``extra``, appended) over ranks: one all-reduce."""
+def stat_vectors(losses: Mapping[str, TaskLoss]) -> dict[str, torch.Tensor]:
+    """Task -> (4,) float64 on the device: its STAT_KEYS (0 where absent); no host read."""
+    out = {}
+    for name, loss in losses.items():
+        stats = {**loss.stats, "sample_size": loss.sample_size}
+        zero = torch.zeros((), dtype=torch.float64, device=loss.loss_sum.device)
+        out[name] = torch.stack(
+            [stats[k].detach().double().reshape(()) if k in stats else zero for k in STAT_KEYS]
+        )
+    return out
+
+
+def weight_vector(weights: Mapping[str, Any], names: list[str]) -> torch.Tensor:
+    """(len(names),) float64 on the device: the loss weights (floats or device scalars)."""
+    values = [torch.as_tensor(weights[n], dtype=torch.float64, device=device()) for n in names]
+    return torch.stack([v.reshape(()) for v in values]) if values else _EMPTY.to(device())
+
+
+def reduce_step(
+    values: list[float], device_values: list[torch.Tensor], extra: torch.Tensor | None
+) -> list[float]:
+    """One all-reduce (sum over ranks), one read: [host ``values`` (tokens, stop flag), a
+    non-finite flag of the statistics, ``device_values`` (statistics, then loss weights,
+    which the caller divides by world size), the device scalar ``extra`` (0 when None)].
+    The statistics' flag is computed on the device: nothing is read before this."""
     import torch.distributed as dist
 
-    vector = torch.tensor(values, dtype=torch.float64, device=device())
-    if extra is not None:
-        vector = torch.cat([vector, extra.to(vector.device).reshape(1)])
+    stats = torch.cat([v.double() for v in device_values]).to(device())
+    flag = (~torch.isfinite(stats)).any().double().reshape(1)
+    extra = extra if extra is not None else _EMPTY.new_zeros(1)
+    host = torch.tensor(values, dtype=torch.float64)
+    vector = torch.cat(
+        [
+            host[:1].to(device()),
+            flag,
+            host[1:].to(device()),
+            stats,
+            extra.to(device()).double().reshape(1),
+        ]
+    )
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(vector)
-    out = vector.tolist()
-    return out if extra is not None else [*out, 0.0]
+    return vector.tolist()  # the step's one host-device synchronisation
 
 
 @contextmanager
