@@ -33,6 +33,8 @@ OPTIONS = {
     "gradnorm": {"alpha": 1.5},
     "dtp": {"gamma": 2.0, "momentum": 0.5},
     "pcgrad": {"seed": 3},
+    "rlw": {"seed": 5},
+    "famo": {"lr": 0.05, "gamma": 0.001},
 }
 
 
