@@ -1,0 +1,38 @@
+"""The prepared GPU benchmark runs end to end on CPU at a tiny size (``--smoke``)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from helpers import cli_env
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_gpu_throughput_smoke_runs_on_cpu(tiny_config):
+    config = tiny_config(train={"threads": 1})
+    result = subprocess.run(
+        [
+            sys.executable,
+            "benchmarks/gpu_throughput.py",
+            "--smoke",
+            "--no-compile",
+            "--config",
+            str(config),
+        ],
+        cwd=REPO,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    lines = result.stdout.splitlines()
+    table = lines[lines.index(next(x for x in lines if x.startswith("variant"))) + 1 :]
+    assert [row.split()[:2] for row in table] == [["mlm-only", "False"], ["mixture", "False"]]
+    assert all(float(row.split()[2]) > 0 for row in table)  # tokens/s measured
+    assert all(row.split()[4] == "n/a" for row in table)  # no peak FLOP/s known on CPU
