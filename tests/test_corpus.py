@@ -132,7 +132,7 @@ def test_text_file_by_document_paragraph_and_line(tmp_path):
     assert as_tuples(by_document) == [
         (
             "book.txt",
-            None,
+            "book",  # a .txt file read as one document is titled by its file name
             [("Part", ["A first wrapped line.", "Then more."]), ("Part", ["Last one."])],
         )
     ]
@@ -168,9 +168,9 @@ def test_text_folder_recursive_sorted_with_invalid_utf8(tmp_path):
     (folder / ".hidden.txt").write_text("ignored: hidden", encoding="utf-8")
     documents, stats, _ = build(make_config(tmp_path, folder))
     assert as_tuples(documents) == [
-        ("a.txt", None, [(None, ["First file."])]),
-        ("b.txt", None, [(None, ["Second file.", "Bad \ufffd byte."])]),
-        ("sub/a.txt", None, [(None, ["In a subfolder."])]),
+        ("a.txt", "a", [(None, ["First file."])]),
+        ("b.txt", "b", [(None, ["Second file.", "Bad \ufffd byte."])]),
+        ("sub/a.txt", "a", [(None, ["In a subfolder."])]),
     ]
     assert stats["invalid_utf8_documents"] == 1
 
@@ -297,8 +297,13 @@ def test_bad_input_corpus_counts_every_skip(tmp_path):
         "empty_document": 2,
         "document_too_long": 1,
         "no_sentences": 1,
+        "invalid_json": 0,
+        "not_an_object": 0,
+        "too_deeply_nested": 0,
     }
-    assert documents["id"][:] == ["one", "bytes", "long", "dup", "dup#2", "doc-12"]
+    # an id-less record is numbered among the rows read (the non-string-text line is dropped
+    # by the reader, before numbering)
+    assert documents["id"][:] == ["one", "bytes", "long", "dup", "dup#2", "doc-11"]
     assert documents.features == DOCUMENT_FEATURES
     by_id = {r["id"]: Document.from_record(r) for r in documents}
     assert by_id["one"].title == "One"
@@ -317,6 +322,7 @@ def test_bad_input_corpus_counts_every_skip(tmp_path):
         "long_sentence_pieces": 100,
         "invalid_utf8_documents": 1,
         "duplicate_ids_renamed": 1,
+        "bad_lines": {"non_string_text": ["bad.jsonl:8"]},
     }
     assert_nothing_lost(stats, skipped)
 
@@ -369,7 +375,7 @@ def test_long_paragraph_is_chunked_without_changing_sentences():
     sentences = [f"Sentence number {i} is here, said Dr. Who." for i in range(1500)]
     paragraph = " ".join(sentences)  # about 64,000 characters: chunked before pysbd
     assert len(paragraph) > 10 * PYSBD_CHUNK_CHARS
-    segmented = segment_text(paragraph, 2000)
+    segmented = segment_text(paragraph, 2000, "pysbd")
     assert segmented.paragraphs == [(None, sentences)]
     assert segmented.long_sentence_pieces == 0
 
