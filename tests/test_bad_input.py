@@ -152,3 +152,16 @@ def test_directory_that_is_not_a_tokenizer_is_named(tmp_path):
     config = config_from_dict(tiny_tree(tokenizer={"path": str(folder)}))
     with pytest.raises(DataError, match=f"tokenizer.path '{folder}' is not a tokenizer directory"):
         prepare_data(config, cache_dir=tmp_path / "cache", progress=False)
+
+
+@pytest.mark.slow
+def test_train_with_on_empty_task_skip_trains_the_other_tasks(tmp_path):
+    _, tree = empty_task_config(tmp_path, on_empty_task="skip")
+    tree["schedule"] = {"kind": "multitask", "iterations_per_task": 2}
+    path = tmp_path / "config.yaml"
+    path.write_text(json.dumps(tree))
+    run = tmp_path / "run"
+    run_cli("train", str(path), "--output-dir", str(run), "--cache-dir", str(tmp_path / "c"))
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [row["task"] for row in rows] == ["mlm", "mlm"]  # 2 iterations of the one task left
+    assert "sentence_distance" not in (run / "config.yaml").read_text()

@@ -6,6 +6,7 @@ before any data is prepared, and the config is checked against it before the eng
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import random
@@ -114,6 +115,7 @@ def setup(config: RunConfig, run_dir: Path, options: RunOptions) -> Run:
     # before any expensive work: --resume must fails fast
     found = find_checkpoint(run_dir, options, rank)
     data = _prepare_on_rank_zero(config, rank, options.progress)
+    config = without_dropped_tasks(config, data)
     schedule = build_schedule_for(config, {name: len(ds) for name, ds in data.train.items()})
     saved = ckpt.read_state(found) if found is not None else None
     added = resume.added_tasks(saved, config) if saved else []
@@ -136,6 +138,17 @@ def setup(config: RunConfig, run_dir: Path, options: RunOptions) -> Run:
     if rank == 0:
         write_run_files(run)
     return run
+
+
+def without_dropped_tasks(config: RunConfig, data: PreparedData) -> RunConfig:
+    """The config less the tasks preparation dropped (``data.on_empty_task: skip``), so the
+    schedule, the model and the saved config.yaml name only the tasks that train."""
+    dropped = [name for name in config.tasks if name not in data.tasks]
+    if not dropped:
+        return config
+    log.warning("training without %s (no examples; data.on_empty_task: skip)", dropped)
+    kept = {name: options for name, options in config.tasks.items() if name in data.tasks}
+    return dataclasses.replace(config, tasks=kept)
 
 
 def restore(run: Run, saved: Mapping[str, Any], found: Path, added: list[str]) -> None:
