@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from ernie_cpt.config import TrainConfig
-from ernie_cpt.training.engine import deepspeed_config, parameter_groups
+from ernie_cpt.training.engine import deepspeed_config, lr_at, lr_scheduler, parameter_groups
 
 
 def test_deepspeed_config_from_train_section():
@@ -23,11 +23,20 @@ def test_deepspeed_config_from_train_section():
         0.9,
         0.98,
     ]
-    assert config["scheduler"]["type"] == "WarmupDecayLR"
-    assert config["scheduler"]["params"]["total_num_steps"] == 1000
-    cosine = deepspeed_config(TrainConfig(lr_decay="cosine", lr=1e-3, min_lr=1e-4), 100)
-    assert cosine["scheduler"]["type"] == "WarmupCosineLR"
-    assert cosine["scheduler"]["params"]["cos_min_ratio"] == pytest.approx(0.1)
+    assert "scheduler" not in config  # our own schedule (lr_at), passed as a client scheduler
+
+
+def test_lr_at_hand_values():
+    linear = TrainConfig(lr=1e-3, warmup_steps=4, lr_decay="linear")
+    assert [lr_at(u, linear, 12) for u in (0, 1, 3, 4, 8, 11)] == pytest.approx(
+        [0.25e-3, 0.5e-3, 1e-3, 1e-3, 0.5e-3, 0.125e-3], abs=1e-15
+    )
+    cosine = TrainConfig(lr=1e-3, min_lr=1e-4, warmup_steps=0, lr_decay="cosine")
+    assert lr_at(0, cosine, 10) == pytest.approx(1e-3)
+    assert lr_at(5, cosine, 10) == pytest.approx(1e-4 + 9e-4 / 2)
+    # warm-up longer than the run: capped at total_steps - 1 updates
+    short = TrainConfig(lr=1e-3, warmup_steps=100, lr_decay="constant")
+    assert [lr_at(u, short, 3) for u in range(3)] == pytest.approx([0.5e-3, 1e-3, 1e-3])
 
 
 @pytest.mark.parametrize(
@@ -85,7 +94,10 @@ def learning_rates(distributed, train: TrainConfig, total_steps: int) -> list[fl
     config = deepspeed_config(train, total_steps)
     config["optimizer"]["params"]["torch_adam"] = True
     engine, *_ = distributed.initialize(
-        model=model, model_parameters=model.parameters(), config=config
+        model=model,
+        model_parameters=model.parameters(),
+        config=config,
+        lr_scheduler=lr_scheduler(train, total_steps),
     )
     rates = []
     for _ in range(total_steps):
@@ -97,11 +109,10 @@ def learning_rates(distributed, train: TrainConfig, total_steps: int) -> list[fl
 
 
 def test_linear_warmup_and_decay_exact_values(distributed):
-    # lr 1e-3, 2 warm-up steps, 10 steps. DeepSpeed's scheduler starts at iteration -1 and
-    # steps after each update: step s (1-based) runs at iteration i = s - 2, where
-    # lr(i) = 0 for i < 0, lr * i / warmup in the warm-up, lr * (T - i) / (T - warmup) after.
+    # lr 1e-3, 2 warm-up steps, 10 steps: step s (1-based) of the warm-up runs at lr * s / 2,
+    # then lr * (10 - u) / 8 for update u = 2..9 (0-based): no update runs at lr 0.
     train = TrainConfig(micro_batch_size=2, lr=1e-3, warmup_steps=2, lr_decay="linear")
-    expected = [0.0, 0.0, 0.5e-3] + [1e-3 * (10 - i) / 8 for i in range(2, 9)]
+    expected = [0.5e-3, 1e-3] + [1e-3 * (10 - u) / 8 for u in range(2, 10)]
     assert learning_rates(distributed, train, 10) == pytest.approx(expected, abs=1e-12)
     # with gradient accumulation the schedule advances once per update, not per micro-batch
     accumulated = TrainConfig(
@@ -113,12 +124,14 @@ def test_linear_warmup_and_decay_exact_values(distributed):
 def test_constant_and_cosine_schedules(distributed):
     constant = TrainConfig(micro_batch_size=2, lr=1e-3, warmup_steps=2, lr_decay="constant")
     assert learning_rates(distributed, constant, 6) == pytest.approx(
-        [0.0, 0.0, 0.5e-3, 1e-3, 1e-3, 1e-3], abs=1e-12
+        [0.5e-3, 1e-3, 1e-3, 1e-3, 1e-3, 1e-3], abs=1e-12
     )
-    # cosine (DeepSpeed's WarmupCosineLR, logarithmic warm-up): the peak lr at step 3,
-    # then min + (lr - min) (1 + cos(pi k / 10)) / 2 for k = 0..9 over the 12 steps
+    # cosine: linear warm-up to the peak, then min + (lr - min) (1 + cos(pi k / 10)) / 2 for
+    # k = 0..9 over the remaining 10 of 12 updates
     cosine = TrainConfig(
         micro_batch_size=2, lr=1e-3, min_lr=1e-4, warmup_steps=2, lr_decay="cosine"
     )
-    expected = [0.0, 0.0] + [1e-4 + 9e-4 * (1 + math.cos(math.pi * k / 10)) / 2 for k in range(10)]
+    expected = [0.5e-3, 1e-3] + [
+        1e-4 + 9e-4 * (1 + math.cos(math.pi * k / 10)) / 2 for k in range(10)
+    ]
     assert learning_rates(distributed, cosine, 12) == pytest.approx(expected, abs=1e-12)

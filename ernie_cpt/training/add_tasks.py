@@ -144,7 +144,11 @@ def transfer(old_engine: Any, new_engine: Any) -> list[str]:
     states.update(warm_starts(states, [n for n, _ in new_engine.module.named_parameters()]))
     fresh = write_parameter_states(new_engine, states, step)
     if old_engine.lr_scheduler is not None and new_engine.lr_scheduler is not None:
-        new_engine.lr_scheduler.step(old_engine.lr_scheduler.last_batch_iteration)
+        new_engine.lr_scheduler.load_state_dict(old_engine.lr_scheduler.state_dict())
+        for group, lr in zip(
+            new_engine.optimizer.param_groups, new_engine.lr_scheduler.get_last_lr(), strict=True
+        ):
+            group["lr"] = lr
     new_engine.global_steps = old_engine.global_steps
     new_engine.global_samples = old_engine.global_samples
     log.info("carried %d parameters over; %d start fresh: %s", len(states), len(fresh), fresh)

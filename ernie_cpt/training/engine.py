@@ -8,9 +8,11 @@ without a launcher gets the rendezvous variables it needs.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
 from collections.abc import Iterable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,7 @@ from ernie_cpt.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
+LR_DECAYS = ("linear", "cosine", "constant")
 NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
 
 
@@ -75,35 +78,39 @@ def device() -> torch.device:
     return torch.device(accelerator.device_name(int(os.environ.get("LOCAL_RANK", "0"))))
 
 
-def scheduler_config(train: TrainConfig, total_steps: int) -> dict[str, Any]:
-    """Warm-up then linear/cosine decay (or constant), in DeepSpeed's scheduler terms."""
+def lr_at(update: int, train: TrainConfig, total_steps: int) -> float:
+    """The learning rate of optimizer update ``update`` (0-based), a pure function of it.
+
+    Linear warm-up over ``warmup`` updates (update u uses lr * (u + 1) / warmup: the first
+    update already learns, the warmup-th reaches the peak), then linear decay towards
+    0 at ``total_steps``, cosine decay to ``train.min_lr``, or constant. DeepSpeed's own
+    Warmup* schedulers start one iteration early and step after each update, so the first two
+    updates of a run ran at lr 0; this one does not.
+    """
+    if train.lr_decay not in LR_DECAYS:
+        raise ValueError(
+            f"train.lr_decay must be linear, cosine or constant, got {train.lr_decay!r}"
+        )
     warmup = min(train.warmup_steps, max(total_steps - 1, 0))
+    if update < warmup:
+        return train.lr * (update + 1) / warmup
+    span = max(total_steps - warmup, 1)
+    done = min(update - warmup, span) / span  # 0 at the peak, 1 at total_steps
     if train.lr_decay == "linear":
-        params = {
-            "warmup_min_lr": 0.0,
-            "warmup_max_lr": train.lr,
-            "warmup_num_steps": warmup,
-            "total_num_steps": max(total_steps, warmup + 1),
-            "warmup_type": "linear",
-        }
-        return {"type": "WarmupDecayLR", "params": params}
+        return train.lr * (1.0 - done)
     if train.lr_decay == "cosine":
-        params = {
-            "total_num_steps": max(total_steps, warmup + 1),
-            "warmup_num_steps": warmup,
-            "warmup_min_ratio": 0.0,
-            "cos_min_ratio": train.min_lr / train.lr if train.lr else 0.0,
-        }
-        return {"type": "WarmupCosineLR", "params": params}
-    if train.lr_decay == "constant":
-        params = {
-            "warmup_min_lr": 0.0,
-            "warmup_max_lr": train.lr,
-            "warmup_num_steps": warmup,
-            "warmup_type": "linear",
-        }
-        return {"type": "WarmupLR", "params": params}
-    raise ValueError(f"train.lr_decay must be linear, cosine or constant, got {train.lr_decay!r}")
+        return train.min_lr + (train.lr - train.min_lr) * (1.0 + math.cos(math.pi * done)) / 2
+    return train.lr  # constant
+
+
+def lr_scheduler(train: TrainConfig, total_steps: int) -> Any:
+    """A factory ``optimizer -> LambdaLR`` following ``lr_at``; DeepSpeed steps it once per
+    update (not per micro-batch, and not on a skipped update) and saves its position."""
+
+    def multiplier(update: int) -> float:
+        return lr_at(update, train, total_steps) / train.lr if train.lr else 0.0
+
+    return partial(torch.optim.lr_scheduler.LambdaLR, lr_lambda=multiplier)
 
 
 def deepspeed_config(train: TrainConfig, total_steps: int, world_size: int = 1) -> dict[str, Any]:
@@ -114,6 +121,7 @@ def deepspeed_config(train: TrainConfig, total_steps: int, world_size: int = 1) 
         raise ValueError("train.precision=fp16 needs a GPU; use bf16 or fp32 on CPU")
     if train.zero_stage not in (0, 1, 2, 3):
         raise ValueError(f"train.zero_stage must be 0-3, got {train.zero_stage}")
+    lr_at(0, train, total_steps)  # an unknown lr_decay is refused before any engine exists
     return {
         "train_micro_batch_size_per_gpu": train.micro_batch_size,
         "gradient_accumulation_steps": train.gradient_accumulation_steps,
@@ -130,7 +138,6 @@ def deepspeed_config(train: TrainConfig, total_steps: int, world_size: int = 1) 
                 "torch_adam": not torch.cuda.is_available(),
             },
         },
-        "scheduler": scheduler_config(train, total_steps),
         "zero_optimization": {"stage": train.zero_stage},
         "bf16": {"enabled": train.precision == "bf16"},
         "fp16": {"enabled": train.precision == "fp16"},
@@ -173,7 +180,10 @@ def build_engine(
 
     config = deepspeed_config(train, total_steps, world_size)
     engine, *_ = deepspeed.initialize(
-        model=module, model_parameters=parameter_groups(module, train.weight_decay), config=config
+        model=module,
+        model_parameters=parameter_groups(module, train.weight_decay),
+        config=config,
+        lr_scheduler=lr_scheduler(train, total_steps),
     )
     make_loads_safe(engine, trust_checkpoint)
     return engine
