@@ -111,13 +111,12 @@ def train_step(
 ) -> StepResult:
     """Gradient-accumulated micro-batches of ``task`` (+ attached token tasks), one update.
 
-    ``stop_signal`` is this rank's pending SIGTERM/SIGINT (0: none), agreed on over ranks.
+    ``stop_signal`` is this rank's pending SIGTERM/SIGINT (0: none), agreed on over ranks;
     ``pipeline`` supplies micro-batches built ahead (None: built in the step, same batches).
     """
     engine, accumulation = run.engine, run.config.train.gradient_accumulation_steps
     sums: dict[str, torch.Tensor] = {}  # task -> (4,) STAT_KEYS summed, on the device
-    tokens, weights = 0, {}
-    lr = engine.get_lr()[0]
+    tokens, weights, lr = 0, {}, engine.get_lr()[0]
     for micro in range(accumulation):
         prepared = micro_batch(run, task, stage, pipeline)
         batch = to_device(prepared.batch, device())
