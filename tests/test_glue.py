@@ -432,3 +432,19 @@ def test_split_metrics_use_the_official_metric(tmp_path):
     # dev labels [0, 1]; predicting [0, 1] is perfect, [1, 1] has an empty margin
     assert split_metrics(cola, [0, 1], "dev")["score"] == 1.0
     assert split_metrics(cola, [1, 1], "dev")["mcc"] == 0.0
+
+
+def test_a_file_that_is_not_utf8_is_a_one_line_error_naming_it(tmp_path):
+    from ernie_cpt.errors import InputError
+    from ernie_cpt.experiments.finetune import read_rows
+
+    path = tmp_path / "latin1.tsv"
+    path.write_bytes("sentence\tlabel\ncaf\xe9 au lait\t1\n".encode("latin-1"))
+    with pytest.raises(InputError, match=r"latin1\.tsv is not UTF-8 text \(byte 18"):
+        read_rows(path)
+    folder = tmp_path / "SST-2"
+    folder.mkdir()
+    for name in ("train.tsv", "dev.tsv"):
+        (folder / name).write_bytes(path.read_bytes())
+    with pytest.raises(InputError, match=r"SST-2/(train|dev)\.tsv is not UTF-8 text"):
+        resolve_data(str(folder))

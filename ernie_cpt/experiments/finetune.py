@@ -90,10 +90,21 @@ class LabelledData:
 
 
 # ---------------------------------------------------------------------------- reading data
+def read_utf8(path: Path) -> str:
+    """A labelled file's text; a file that is not UTF-8 is a one-line error naming it."""
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise InputError(
+            f"{path} is not UTF-8 text (byte {error.start}: {error.reason}); "
+            "convert it, e.g. iconv -f latin1 -t utf-8"
+        ) from None
+
+
 def read_rows(path: str | Path) -> list[dict[str, str]]:
     """Rows of a TSV (header row) or JSONL file as dicts of strings."""
     path = Path(path)
-    text = path.read_text(encoding="utf-8")
+    text = read_utf8(path)
     if path.suffix in (".jsonl", ".json") or text.lstrip().startswith("{"):
         return [
             {k: "" if v is None else str(v) for k, v in json.loads(line).items()}

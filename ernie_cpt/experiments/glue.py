@@ -22,6 +22,7 @@ Pearson) and ranking data scores precision at 1.
 from __future__ import annotations
 
 import csv
+import io
 import math
 import statistics
 from collections.abc import Sequence
@@ -33,6 +34,7 @@ from ernie_cpt.experiments.finetune import (
     LabelledData,
     classification_metrics,
     load_labelled,
+    read_utf8,
     regression_metrics,
     split_dev,
 )
@@ -208,8 +210,8 @@ def glue_name(name: str) -> str | None:
 
 def read_glue_tsv(path: Path, layout: GlueLayout) -> LabelledData:
     """A GLUE TSV by column position (``csv`` without quoting, as the reference readers)."""
-    with path.open(encoding="utf-8-sig", newline="") as handle:
-        lines = list(csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE))
+    text = read_utf8(path)
+    lines = list(csv.reader(io.StringIO(text, newline=""), delimiter="\t", quoting=csv.QUOTE_NONE))
     if layout.header:
         lines = lines[1:]
     wanted = max(layout.text_a, layout.text_b or 0, layout.label)
