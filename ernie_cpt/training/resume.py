@@ -31,6 +31,7 @@ RESUME_KEYS = (
     "data.corpus",
     "data.max_seq_length",
     "data.seed",
+    "data.sentence_splitter",  # other sentences: other examples, cursors meaningless
     "tasks",
     "schedule",
     "train.micro_batch_size",
@@ -39,6 +40,7 @@ RESUME_KEYS = (
     "train.precision",
     "train.seed",
     "train.combine_token_tasks",
+    "train.bucket_size",  # which examples form the next batches
     "sharing",
 )
 
