@@ -22,18 +22,17 @@ from helpers import (  # noqa: E402, F401  (re-exported for modules that import 
     tiny_tree,
 )
 
-from ernie_cpt.config import TokenizerConfig  # noqa: E402
-
 
 @pytest.fixture(scope="session")
-def tokenizer(tmp_path_factory: pytest.TempPathFactory):
-    """An uncased WordPiece tokenizer trained on the fixture text (vocabulary ~300)."""
-    from ernie_cpt.data.tokenization import load_tokenizer, train_wordpiece
+def tokenizer():
+    """An uncased WordPiece tokenizer (vocabulary 300) trained once on the fixture text with
+    ``train_wordpiece(texts * 3, TokenizerConfig(vocab_size=300, min_frequency=1))`` and
+    committed in tests/fixtures/tokenizer: the `tokenizers` WordPiece trainer breaks ties
+    between equally frequent candidates in a different order on every call, so a tokenizer
+    trained per session gave different vocabularies, sentence lengths and example counts."""
+    from ernie_cpt.data.tokenization import load_tokenizer
 
-    texts = [s for _, _, sentences in FIXTURE_TEXT for s in sentences] * 3
-    out = tmp_path_factory.mktemp("tokenizer")
-    train_wordpiece(texts, TokenizerConfig(vocab_size=300, min_frequency=1), Path(out))
-    return load_tokenizer(out)
+    return load_tokenizer(Path(__file__).parent / "fixtures" / "tokenizer")
 
 
 @pytest.fixture(scope="session")

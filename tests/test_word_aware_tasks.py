@@ -648,4 +648,15 @@ def test_random_documents(paragraphs, max_len, seed, tokenizer, corpus_view):
                         assert unit >= 0 and (unit == 0) == (token in special)
         if examples:
             batch = task.collate(columns_of(examples), torch.Generator().manual_seed(seed))
-            assert all(v.shape[0] == len(examples) for v in batch.values())
+            gathers = {k for k in batch if k.endswith(("_index", "_targets"))}
+            assert all(batch[k].shape[0] == len(examples) for k in set(batch) - gathers)
+            for key in {k.rsplit("_", 1)[0] for k in gathers}:
+                # masked-LM labels also as a flat gather: every labelled (B*T) position in
+                # order, padded with position 0 / IGNORE_INDEX to a multiple of 16
+                flat = batch[key].reshape(-1)
+                labelled = (flat != IGNORE_INDEX).nonzero().squeeze(1).tolist()
+                index, targets = batch[f"{key}_index"], batch[f"{key}_targets"]
+                assert len(index) == len(targets) == max(16, -(-len(labelled) // 16) * 16)
+                assert index[: len(labelled)].tolist() == labelled
+                assert targets[: len(labelled)].tolist() == flat[labelled].tolist()
+                assert set(targets[len(labelled) :].tolist()) <= {IGNORE_INDEX}
