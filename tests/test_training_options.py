@@ -39,8 +39,9 @@ def test_gradient_accumulation_takes_two_micro_batches_per_update(options_run):
     for row in sentence_steps:  # 2 micro-batches x micro_batch_size 4 examples
         assert row["samples"] == {"sentence_distance": 8}
     # the schedule advances once per update (24 planned steps, 2 warm-up steps; see
-    # test_engine_config for the formula): step s runs at lr(s - 2)
-    expected = [0.0, 0.0, 0.5e-3] + [1e-3 * (24 - i) / 22 for i in range(2, 9)]
+    # test_engine_config for the formula): update u (0-based) runs at lr (u + 1) / 2 in the
+    # warm-up, then lr (24 - u) / 22
+    expected = [0.5e-3, 1e-3] + [1e-3 * (24 - u) / 22 for u in range(2, 10)]
     assert [r["lr"] for r in rows] == pytest.approx(expected, abs=1e-12)
 
 
