@@ -292,7 +292,7 @@ def test_sampler_errors():
         )
     with pytest.raises(ValueError, match="sizes"):
         sample_task(Stage("s", {"a": 1}, sampling="temperature"), {}, 0, 0)
-    with pytest.raises(ValueError, match="did you mean \"round_robin\""):
+    with pytest.raises(ValueError, match='did you mean "round_robin"'):
         sample_task(Stage("s", {"a": 1}, sampling="round_robbin"), {}, 0, 0)
     with pytest.raises(ValueError, match="no budget left"):
         sample_task(Stage("s", {"a": 1}, sampling="round_robin"), {"a": 1}, 0, 0)
@@ -347,7 +347,7 @@ def test_custom_stages_in_steps_and_tokens():
         ([], "at least one stage"),
         ({"budgets": {"a": 1}}, "list of stage mappings"),
         (["warm"], "must be a mapping"),
-        ([{"name": "s", "budget": {"a": 1}}], "did you mean \"budgets\""),
+        ([{"name": "s", "budget": {"a": 1}}], 'did you mean "budgets"'),
         ([{"name": "s"}], "exactly one of"),
         ([{"name": "s", "budgets": {"a": 1}, "token_budgets": {"a": 1}}], "exactly one of"),
         ([{"name": "s", "budgets": {}}], "empty"),
@@ -356,7 +356,7 @@ def test_custom_stages_in_steps_and_tokens():
         ([{"name": "s", "budgets": {"a": 2.5}}], "whole steps"),
         (
             [{"name": "s", "budgets": {"a": 1}, "sampling": "remaining-budget"}],
-            "did you mean \"remaining_budget\"",
+            'did you mean "remaining_budget"',
         ),
         ([{"name": "s", "budgets": {"a": 1}, "sampling": "fixed"}], "weights"),
         (
@@ -368,7 +368,7 @@ def test_custom_stages_in_steps_and_tokens():
                     "sampling_options": {"weight": {}},
                 }
             ],
-            "did you mean \"weights\"",
+            'did you mean "weights"',
         ),
         (
             [{"name": "s", "budgets": {"a": 1}}, {"name": "s", "budgets": {"a": 1}}],
@@ -383,7 +383,7 @@ def test_custom_stage_errors(stages, message):
 
 
 def test_token_budget_errors():
-    with pytest.raises(ValueError, match="did you mean \"mlm\""):
+    with pytest.raises(ValueError, match='did you mean "mlm"'):
         resolve_token_budgets([{"token_budgets": {"mlmm": 5}}], {"mlm": 10})
     with pytest.raises(ValueError, match="> 0"):
         resolve_token_budgets([{"token_budgets": {"mlm": 5}}], {"mlm": 0})
@@ -412,11 +412,11 @@ def test_build_schedule():
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"kind": "cmt1"}, "did you mean \"cmtl\""),
+        ({"kind": "cmt1"}, 'did you mean "cmtl"'),
         ({"kind": "custom"}, "needs stages"),
         ({"kind": "cmtl", "stages": [{"budgets": {"a": 1}}]}, "only read for kind 'custom'"),
-        ({"kind": "cmtl", "sampling": "tempreature"}, "did you mean \"temperature\""),
-        ({"kind": "custom", "stages": [{"budgets": {"aa": 1}}]}, "did you mean \"a\""),
+        ({"kind": "cmtl", "sampling": "tempreature"}, 'did you mean "temperature"'),
+        ({"kind": "custom", "stages": [{"budgets": {"aa": 1}}]}, 'did you mean "a"'),
     ],
 )
 def test_build_schedule_errors(kwargs, message):
