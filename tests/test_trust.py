@@ -257,7 +257,9 @@ class Data:
 
 train = TrainConfig(micro_batch_size=1, eval_batches=8)
 result = evaluate(Engine(), Data(), {"one": 0, "many": 1}, train, rank, world)
-print(json.dumps({"rank": rank, "result": result}), flush=True)
+out = os.path.join(sys.argv[1], f"rank{rank}.json")
+with open(out, "w") as handle:  # one file per rank: shared stdout interleaves lines
+    json.dump({"rank": rank, "result": result}, handle)
 """
 
 
@@ -268,7 +270,7 @@ def test_two_rank_evaluation_with_a_one_example_split(tmp_path):
     script = tmp_path / "eval_two_ranks.py"
     script.write_text(textwrap.dedent(EVAL_SCRIPT))
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
-    command += ["--master_port", str(free_port()), str(script)]
+    command += ["--master_port", str(free_port()), str(script), str(tmp_path)]
     result = subprocess.run(
         command,
         cwd=REPO,
@@ -278,7 +280,7 @@ def test_two_rank_evaluation_with_a_one_example_split(tmp_path):
         timeout=180,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    rows = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    rows = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     # rank 0 holds the single "one" example; "many" is split 1,3,5 / 2,4
     expected = {"one": {"mean": 7.0, "n": 1.0}, "many": {"mean": 3.0, "n": 5.0}}
     assert sorted(r["rank"] for r in rows) == [0, 1]
