@@ -64,6 +64,13 @@ def test_prepared_examples_do_not_depend_on_the_number_of_workers(tmp_path, toke
         sum(report["tasks"]["sentence_distance"]["labels"].values())
         == report["tasks"]["sentence_distance"]["train_examples"]
     )
+    # held-out label counts (the chance levels' source) and the masked-token chance
+    heldout = report["tasks"]["sentence_distance"]
+    assert sum(heldout["heldout_labels"].values()) == heldout["heldout_examples"]
+    share = report["tasks"]["mlm"]["heldout_top_token_share"]
+    special = set(tokenizer.all_special_ids)
+    tokens = [t for row in one.heldout["mlm"]["input_ids"] for t in row if t not in special]
+    assert share == round(max(tokens.count(t) for t in set(tokens)) / len(tokens), 6)
     again = prepare(tmp_path, 1, tmp_path / "tokenizer")  # cached: same files
     assert again.root == one.root
 

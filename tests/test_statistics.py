@@ -95,6 +95,11 @@ def test_chance_levels_from_a_hand_made_data_report():
                 }
             },
             "knowledge_masking": {"labels": {"basic": 40, "phrase": 3, "tokens": 50}},
+            "mlm": {
+                "labels": {"tokens": 50},
+                "heldout_labels": {"tokens": 20},
+                "heldout_top_token_share": 0.07,
+            },
             "ir_relevance": {"labels": {"strong": 0, "weak": 0, "irrelevant": 0}},
             "sentence_distance": {
                 "labels": {"adjacent": 1, "same_document": 1, "other_document": 1},
@@ -108,6 +113,7 @@ def test_chance_levels_from_a_hand_made_data_report():
         "knowledge_masking",
         "ir_relevance",
         "sentence_distance",
+        "mlm",
         "missing",
     ]
     levels = chance_levels(report, tasks)
@@ -116,6 +122,7 @@ def test_chance_levels_from_a_hand_made_data_report():
     assert math.isnan(levels["knowledge_masking"]["value"])
     assert levels["knowledge_masking"]["source"].startswith("n/a")
     assert levels["ir_relevance"] == {"value": 1 / 3, "source": "1/classes"}
+    assert levels["mlm"] == {"value": 0.07, "source": "most frequent token (held-out inputs)"}
     assert levels["sentence_distance"] == {
         "value": 0.5,
         "source": "majority class (held-out labels)",
@@ -128,3 +135,30 @@ def test_chance_levels_from_a_hand_made_data_report():
         "order=0": 1,
         "order=01": 2,
     }
+
+
+def test_top_token_share_skips_special_tokens():
+    import datasets
+
+    from ernie_cpt.data.prepare import top_token_share
+
+    examples = datasets.Dataset.from_dict({"input_ids": [[1, 5, 5, 7, 2], [1, 5, 8, 2], [1, 2]]})
+    # non-special tokens: 5, 5, 7, 5, 8 -> token 5 is 3 of 5; ids 1 and 2 are special
+    assert top_token_share(examples, [1, 2]) == 0.6
+    assert top_token_share(examples.select([2]), [1, 2]) is None
+    assert top_token_share(examples.select([]), [1, 2]) is None
+
+
+def test_heldout_evaluation_order_is_a_fixed_permutation_shared_by_ranks():
+    from ernie_cpt.training.heldout_eval import eval_batches, eval_order
+
+    order = eval_order(100, 100)
+    assert sorted(order) == list(range(100)) and order != list(range(100))
+    assert eval_order(100, 10) == order[:10] and eval_order(100, 10) == eval_order(100, 10)
+    data = list(range(100))
+    one = eval_batches(data, 4, 3, 0, 1)
+    assert [len(b) for b in one] == [4, 4, 4] and sum(one, []) == order[:12]
+    two = [eval_batches(data, 4, 3, r, 2) for r in (0, 1)]
+    # two ranks read disjoint strides of the same first 24 indices
+    assert sorted(sum(two[0] + two[1], [])) == sorted(order[:24])
+    assert sum(two[0], []) == order[:24][0::2]

@@ -236,6 +236,34 @@ def summed_label_counts(
     return totals
 
 
+def top_token_share(examples: datasets.Dataset, special_ids: Sequence[int]) -> float | None:
+    """Share of the most frequent non-special token among the examples' input tokens: the
+    masked-token accuracy of always predicting that token (a masking task's chance level,
+    since any non-special token may be masked). None without tokens."""
+    if not len(examples):
+        return None
+    flat = pc.list_flatten(examples.data.column("input_ids"))
+    counts = pc.value_counts(flat)
+    special = set(int(i) for i in special_ids)
+    values, numbers = counts.field("values").to_pylist(), counts.field("counts").to_pylist()
+    kept = [int(c) for v, c in zip(values, numbers, strict=True) if int(v) not in special]
+    return round(max(kept) / sum(kept), 6) if kept else None
+
+
+def split_label_entry(task: PretrainTask, split: str, examples: datasets.Dataset) -> dict:
+    """The data report's label counts of one split (``labels`` for train, ``heldout_labels``
+    for held-out: the report's chance levels use the held-out ones), its token count, and for
+    a masking task the held-out top-token share."""
+    if split != "train":
+        entry: dict[str, Any] = {"heldout_labels": summed_label_counts(task, examples)}
+        if task.masks_inputs:
+            special = getattr(task.tokenizer, "all_special_ids", [])
+            entry["heldout_top_token_share"] = top_token_share(examples, special)
+        return entry if len(examples) else {}
+    labels = summed_label_counts(task, examples) if len(examples) else {}
+    return {"labels": labels, "tokens": token_count(examples)}
+
+
 def token_count(examples: datasets.Dataset) -> int:
     """Tokens over all examples, from the Arrow list lengths (no Python lists)."""
     if not len(examples):
@@ -519,9 +547,7 @@ def _build_all(
             examples.save_to_disk(str(tmp / name / split))
             entry[f"{split}_examples"] = len(examples)
             entry[f"{split}_skipped_documents"] = skips
-            if split == "train":
-                entry["labels"] = summed_label_counts(task, examples) if len(examples) else {}
-                entry["tokens"] = token_count(examples)
+            entry.update(split_label_entry(task, split, examples))
         entry["seconds"] = round(time.perf_counter() - started, 2)
         report["tasks"][name] = entry
         log.info(

@@ -460,7 +460,9 @@ def chance_text(summary: Mapping[str, Any]) -> list[str]:
     return [
         "",
         "Chance row: the score of always predicting the task's majority class (label counts "
-        f"of the runs' data_report.json); masked-token tasks have none (n/a). {'; '.join(parts)}.",
+        "of the runs' data_report.json, held-out labels where the report has them); for a "
+        "masked-token task, of always predicting the held-out inputs' most frequent token "
+        f"(n/a in reports without it). {'; '.join(parts)}.",
     ]
 
 

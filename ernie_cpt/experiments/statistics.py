@@ -155,6 +155,9 @@ def chance_level(entry: Mapping[str, Any], metric: str = "accuracy") -> tuple[fl
     counts = class_counts(held_out or entry.get("labels") or {})
     split = "held-out" if held_out else "train"
     if counts is None:
+        share = entry.get("heldout_top_token_share")
+        if share is not None and metric == "accuracy":
+            return float(share), "most frequent token (held-out inputs)"
         return math.nan, "n/a (not a classification: masked tokens)"
     total = sum(counts.values())
     if total == 0:

@@ -1,7 +1,11 @@
 """Held-out evaluation of every task with the current weights (no gradient, no dropout).
 
-Each task reads the first ``eval_batches`` batches of its held-out split in a fixed order
-with a fixed masking seed, so numbers are comparable across steps, stages and schedules.
+Each task reads ``eval_batches`` batches of its held-out split in a fixed order with a fixed
+masking seed, so numbers are comparable across steps, stages and schedules. The order is a
+seeded permutation of the split, not the split's own order: held-out examples are stored
+document by document, so the first batches in stored order came from one or two documents
+and measured those documents' label mix (a 0.38 capitalised share against 0.19 over the
+split), not the held-out set's.
 Statistics are summed over batches and ranks before the task turns them into metrics.
 
 Collectives are unconditional: every rank runs the same number of forwards per task (a rank
@@ -16,6 +20,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 import torch
 
 from ernie_cpt.config import TrainConfig
@@ -25,15 +30,19 @@ from ernie_cpt.training.train_module import merge_stats, reduce_stats
 EVAL_SEED = 20260101
 
 
+def eval_order(size: int, limit: int) -> list[int]:
+    """The first ``limit`` indices of a fixed permutation of ``range(size)`` (the same on
+    every rank, for every step and schedule)."""
+    order = np.random.default_rng(EVAL_SEED).permutation(size)
+    return [int(i) for i in order[: max(0, limit)]]
+
+
 def eval_batches(
     dataset: Any, batch_size: int, count: int, rank: int, world_size: int
 ) -> list[list[int]]:
-    """Index lists of the first ``count`` batches of this rank's share, in dataset order."""
-    indices = list(range(rank, len(dataset), world_size))
-    return [
-        indices[i : i + batch_size]
-        for i in range(0, min(len(indices), count * batch_size), batch_size)
-    ]
+    """Index lists of this rank's ``count`` batches: its stride of the evaluation order."""
+    indices = eval_order(len(dataset), count * batch_size * world_size)[rank::world_size]
+    return [indices[i : i + batch_size] for i in range(0, len(indices), batch_size)]
 
 
 def padded_batches(
