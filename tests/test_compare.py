@@ -65,15 +65,32 @@ def test_a_different_plan_is_refused(tmp_path):
     assert open_plan(tmp_path, moved, {}, group_given=False)["group"] == plan["group"]
     with pytest.raises(ConfigError, match="group"):
         open_plan(tmp_path, make_plan(tiny(), ["continual", "cmtl"], 2, "other", tmp_path), {})
-    other = make_plan(tiny(), ["continual", "cmtl"], 3, plan["group"], tmp_path)
-    assert plan_differences(plan, other) == ["seeds", "runs"]
+    fewer = make_plan(tiny(), ["continual", "cmtl"], 1, plan["group"], tmp_path)
+    assert plan_differences(plan, fewer) == ["seeds", "runs"]
     with pytest.raises(ConfigError, match="different comparison.*seeds"):
-        open_plan(tmp_path, other, {})
+        open_plan(tmp_path, fewer, {})  # drops runs: refused
+    with pytest.raises(ConfigError, match="different comparison.*schedules"):
+        open_plan(tmp_path, make_plan(tiny(), ["continual"], 3, plan["group"], tmp_path), {})
     changed = config_from_dict({**json.loads(json.dumps(TINY_CONFIG)), "train": {"lr": 0.5}})
     with pytest.raises(ConfigError, match="config.train"):
         open_plan(
             tmp_path, make_plan(changed, ["continual", "cmtl"], 2, plan["group"], tmp_path), {}
         )
+
+
+def test_a_plan_that_only_adds_runs_extends_the_saved_one(tmp_path):
+    plan = make_plan(tiny(), ["continual", "cmtl"], 2, "g", tmp_path)
+    open_plan(tmp_path, plan, {"note": "kept"})
+    more = make_plan(tiny(), ["continual", "cmtl"], 3, "g", tmp_path, baseline="mlm")
+    extended = open_plan(tmp_path, more, {})
+    saved = json.loads((tmp_path / PLAN_FILE).read_text())
+    assert extended["runs"] == more["runs"] == saved["runs"] and saved["seeds"] == 3
+    assert saved["note"] == "kept"  # the first invocation's extra keys stay
+    assert all(run in saved["runs"] for run in plan["runs"])  # finished runs unchanged
+    names = [r.name for r in plan_runs(extended)]
+    assert names[:3] == ["continual-seed0", "cmtl-seed0", "mlm-only-seed0"]
+    assert len(names) == 9 and names[-1] == "mlm-only-seed2"
+    assert open_plan(tmp_path, more, {})["runs"] == more["runs"]  # the same again: no change
 
 
 def test_stage_evaluations_take_the_last_row_of_each_stage():

@@ -24,7 +24,9 @@ Layout of DIR::
 Resuming: running the same command again skips finished runs (their ``compare_done.json``)
 and resumes unfinished ones with ``--resume auto`` from their newest valid checkpoint. The
 plan (resolved config, schedules, seeds, group) must match the saved one, otherwise the
-command refuses and names what differs. Downstream files and settings, ``--metric`` and
+command refuses and names what differs; the one change accepted is a plan that only adds
+runs (``--seeds`` raised, ``--baseline`` added): the finished runs are kept and only the new
+ones train. Downstream files and settings, ``--metric`` and
 W&B logging are not part of the plan: they may change between invocations (downstream
 results are cached per file content, settings and model). A failed run stops the comparison (exit 1, the tail
 of its log printed); a training subprocess dies with the harness (``PR_SET_PDEATHSIG``), and
@@ -290,6 +292,15 @@ def plan_differences(saved: dict[str, Any], new: dict[str, Any]) -> list[str]:
     return out
 
 
+def extends(saved: dict[str, Any], new: dict[str, Any], differing: Sequence[str]) -> bool:
+    """True when ``new`` only adds runs to ``saved`` (more seeds, a baseline): every saved run
+    is in the new plan unchanged, so the finished ones are kept and only the added ones train."""
+    if not set(differing) <= {"runs", "seeds"}:
+        return False
+    added = [run for run in new["runs"] if run not in saved["runs"]]
+    return all(run in new["runs"] for run in saved["runs"]) and bool(added)
+
+
 def open_plan(
     out_dir: Path, plan: dict[str, Any], extra: dict[str, Any], group_given: bool = True
 ) -> dict[str, Any]:
@@ -303,6 +314,9 @@ def open_plan(
         if not group_given:
             plan = {**plan, "group": saved.get("group")}
         differing = plan_differences(saved, plan)
+        if differing and extends(saved, plan, differing):
+            ckpt.atomic_write_text(path, json.dumps({**saved, **plan}, indent=2, default=str))
+            return {**saved, **plan}
         if differing:
             raise ConfigError(
                 f"{out_dir} holds a different comparison (differs in: {', '.join(differing)}); "
