@@ -12,7 +12,13 @@ from helpers import TINY_CONFIG
 
 from ernie_cpt.config import ConfigError, config_from_dict, load_config
 from ernie_cpt.experiments.compare import DONE_FILE, collect_run, make_plan, plan_runs
-from ernie_cpt.experiments.report import PLOTS, build_summary, log_wandb_summary, write_report
+from ernie_cpt.experiments.report import (
+    PLOTS,
+    build_summary,
+    log_wandb_summary,
+    wandb_tables,
+    write_report,
+)
 
 TASKS = ["a", "b"]
 
@@ -244,6 +250,19 @@ def test_paired_differences_chance_and_baseline_in_the_report(tmp_path):
     assert (
         "downstream polarity: continual - mlm-only = -0.0350, 95% CI [-0.0400, -0.0300]" in report
     )
+
+
+def test_wandb_tables_label_a_baseline_run_by_its_variant_and_its_own_tasks(tmp_path):
+    # a baseline run scores only its own task: its R rows are shorter than the schedules'
+    plan, runs = comparison(tmp_path, baseline=True)
+    tables = wandb_tables(build_summary(plan, runs, TASKS, "accuracy"))
+    long_columns, long_rows = tables["r_matrix"]
+    baseline_rows = [row for row in long_rows if row[0] == "mlm-only"]
+    assert {(row[1], row[4]) for row in baseline_rows} == {(0, "mlm"), (1, "mlm")}
+    assert len(baseline_rows) == 4  # 2 seeds x (initial + 1 stage), one task each
+    run_columns, run_rows = tables["runs"]
+    kinds = {row[0]: row[run_columns.index("schedule")] for row in run_rows}
+    assert kinds["mlm-only-seed0"] == "mlm-only" and kinds["continual-seed0"] == "continual"
 
 
 def test_baseline_plan_trains_only_mlm_at_equal_steps(tmp_path):

@@ -843,7 +843,7 @@ def wandb_tables(summary: Mapping[str, Any]) -> dict[str, tuple[list[str], list[
         [
             [
                 n,
-                r["schedule"],
+                r.get("variant") or r["schedule"],
                 r["seed"],
                 *(r["metrics"][m] for m in METRICS),
                 r["tokens"],
@@ -853,11 +853,12 @@ def wandb_tables(summary: Mapping[str, Any]) -> dict[str, tuple[list[str], list[
             for n, r in summary["runs"].items()
         ],
     )
-    long_rows = [
-        [r["schedule"], r["seed"], i - 1, (["initial"] + r["stage_names"])[i], task, value]
+    long_rows = [  # a baseline run scores only its own task(s): r["tasks"]
+        [kind, r["seed"], i - 1, (["initial"] + r["stage_names"])[i], task, value]
         for r in summary["runs"].values()
+        for kind in [r.get("variant") or r["schedule"]]
         for i, row in enumerate(r["R"])
-        for task, value in zip(tasks, row, strict=True)
+        for task, value in zip(r.get("tasks", tasks), row, strict=True)
     ]
     tables["r_matrix"] = (["schedule", "seed", "stage", "stage_name", "task", "score"], long_rows)
     for kind, s in summary["schedules"].items():
