@@ -51,9 +51,9 @@ def padded_batches(
     """(indices, weight) of this rank's batches, padded to the longest rank's number with
     weight-0 repeats of the split's first batch (empty when the split is empty)."""
     own = eval_batches(dataset, batch_size, count, rank, world_size)
-    longest = max(
-        len(eval_batches(dataset, batch_size, count, r, world_size)) for r in range(world_size)
-    )
+    # rank 0's stride is the longest: ceil(evaluated / world) indices, in batches
+    evaluated = min(len(dataset), count * batch_size * world_size)
+    longest = math.ceil(math.ceil(evaluated / world_size) / batch_size)
     filler = list(range(min(batch_size, len(dataset))))
     return [(b, 1.0) for b in own] + [(filler, 0.0)] * (longest - len(own))
 
