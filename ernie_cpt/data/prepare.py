@@ -255,11 +255,13 @@ def split_label_entry(task: PretrainTask, split: str, examples: datasets.Dataset
     for held-out: the report's chance levels use the held-out ones), its token count, and for
     a masking task the held-out top-token share."""
     if split != "train":
+        if not len(examples):
+            return {}
         entry: dict[str, Any] = {"heldout_labels": summed_label_counts(task, examples)}
         if task.masks_inputs:
             special = getattr(task.tokenizer, "all_special_ids", [])
             entry["heldout_top_token_share"] = top_token_share(examples, special)
-        return entry if len(examples) else {}
+        return entry
     labels = summed_label_counts(task, examples) if len(examples) else {}
     return {"labels": labels, "tokens": token_count(examples)}
 
