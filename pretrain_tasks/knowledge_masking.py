@@ -142,9 +142,16 @@ def mine_collocations(
     runs = [[w.lower() for w, _, _ in run] for s in sentences for run in word_runs(s)]
     unigrams = Counter(w for run in runs for w in run)
     total = sum(unigrams.values())
+    # Only n-grams whose end words may end a phrase are counted (the others are never kept).
+    edge = {w: w.isalpha() and w not in stop_words for w in unigrams}
     found = []
     for n in range(2, max_words + 1):
-        grams = Counter(tuple(run[i : i + n]) for run in runs for i in range(len(run) - n + 1))
+        grams = Counter(
+            tuple(run[i : i + n])
+            for run in runs
+            for i in range(len(run) - n + 1)
+            if edge[run[i]] and edge[run[i + n - 1]]
+        )
         for gram, count in grams.items():
             if count < min_count or not _phrase_shaped(gram, stop_words):
                 continue
@@ -153,9 +160,13 @@ def mine_collocations(
     return sorted(found)
 
 
-def find_phrase_spans(text: str, phrases: Collection[tuple[str, ...]]) -> list[Span]:
-    """Non-overlapping spans of ``text`` whose lower-cased words form one of ``phrases``."""
-    lengths = sorted({len(p) for p in phrases}, reverse=True)
+def find_phrase_spans(
+    text: str, phrases: Collection[tuple[str, ...]], lengths: Sequence[int] | None = None
+) -> list[Span]:
+    """Non-overlapping spans of ``text`` whose lower-cased words form one of ``phrases``
+    (``lengths``: the phrases' word counts, longest first, when the caller has them)."""
+    if lengths is None:
+        lengths = sorted({len(p) for p in phrases}, reverse=True)
     spans = []
     for run in word_runs(text):
         lowered = [w.lower() for w, _, _ in run]
@@ -381,9 +392,10 @@ class KnowledgeMaskingTask(AttachingCollate):
                 max_words=s.phrase_max_words,
             )
         )
+        lengths = sorted({len(p) for p in phrases}, reverse=True)
         out = []
         for sentence in sentences:
-            spans = find_phrase_spans(sentence, phrases) if phrases else []
+            spans = find_phrase_spans(sentence, phrases, lengths) if phrases else []
             if self.phrase_gazetteer is not None:
                 spans += self.phrase_gazetteer.find(sentence)
             out.append(select_non_overlapping(spans))

@@ -4,7 +4,8 @@ Every task's examples carry ``input_ids``, ``token_type_ids`` and ``word_starts`
 first sub-token of each word, 0 elsewhere and on special tokens). ``pack_sentences`` packs
 consecutive sentences; ``pack_sentences_with_offsets`` gives the same segments plus where
 each token came from (sentence, character span), for tasks that label words of the
-original text; ``encode_pair`` encodes one segment or a sentence pair.
+original text; ``encode_pair`` encodes one segment or a sentence pair. Texts are tokenized
+through ``encoding.encode_texts`` (once per process for texts seen recently).
 """
 
 from __future__ import annotations
@@ -13,38 +14,36 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from pretrain_tasks.encoding import encode_texts, encoder_for, pair_lengths, word_starts_from
 
-def word_starts_from(word_ids: Sequence[int | None]) -> list[int]:
-    """1 where a token starts a new word, 0 on continuation and special tokens."""
-    out, previous = [], None
-    for word in word_ids:
-        out.append(int(word is not None and word != previous))
-        previous = word
-    return out
+PACKED_MEMO = 8  # pack_sentences_with_offsets results remembered per tokenizer
+
+__all__ = [
+    "PackedSegment",
+    "encode_pair",
+    "pack_sentences",
+    "pack_sentences_with_offsets",
+    "word_starts_from",
+]
 
 
 def encode_pair(
     tokenizer: Any, first: str, second: str | None, max_length: int
 ) -> dict[str, list[int]]:
-    """Tokenize one segment or a pair with [CLS]/[SEP], truncating the longest first."""
-    enc = tokenizer(
-        first,
-        second,
-        truncation="longest_first" if second is not None else True,
-        max_length=max_length,
-        return_token_type_ids=True,
-    )
-    starts = word_starts_from(enc.word_ids())
-    if second is not None:  # word ids restart in segment B: mark its first word too
-        seq_ids = enc.sequence_ids()
-        starts = [
-            int(s or (seq_ids[i] == 1 and seq_ids[i - 1] != 1 and enc.word_ids()[i] is not None))
-            for i, s in enumerate(starts)
-        ]
+    """One segment ``[CLS] A [SEP]`` or a pair ``[CLS] A [SEP] B [SEP]``, truncated as
+    ``tokenizer(first, second, truncation="longest_first", max_length=max_length)`` does (an
+    empty ``second`` is no pair, as there); each text's tokens come from the shared memo."""
+    cls_id, sep_id = tokenizer.cls_token_id, tokenizer.sep_token_id
+    if not second:
+        (a,) = encode_texts(tokenizer, [first])
+        keep = max(0, max_length - 2)
+        return _segment(list(a.ids[:keep]), list(a.word_starts[:keep]), cls_id, sep_id)
+    a, b = encode_texts(tokenizer, [first, second])
+    keep_a, keep_b = pair_lengths(len(a.ids), len(b.ids), max(0, max_length - 3))
     return {
-        "input_ids": enc["input_ids"],
-        "token_type_ids": enc["token_type_ids"],
-        "word_starts": starts,
+        "input_ids": [cls_id, *a.ids[:keep_a], sep_id, *b.ids[:keep_b], sep_id],
+        "token_type_ids": [0] * (keep_a + 2) + [1] * (keep_b + 1),
+        "word_starts": [0, *a.word_starts[:keep_a], 0, *b.word_starts[:keep_b], 0],
     }
 
 
@@ -58,18 +57,16 @@ def pack_sentences(
     """
     room = max_length - 2
     cls_id, sep_id = tokenizer.cls_token_id, tokenizer.sep_token_id
-    encodings = tokenizer(list(sentences), add_special_tokens=False)
     segments: list[dict[str, list[int]]] = []
     ids: list[int] = []
     starts: list[int] = []
-    for i in range(len(sentences)):
-        s_ids = encodings["input_ids"][i][:room]
-        s_starts = word_starts_from(encodings.word_ids(i))[:room]
+    for encoded in encode_texts(tokenizer, sentences):
+        s_ids = encoded.ids[:room]
         if ids and len(ids) + len(s_ids) > room:
             segments.append(_segment(ids, starts, cls_id, sep_id))
             ids, starts = [], []
         ids += s_ids
-        starts += s_starts
+        starts += encoded.word_starts[:room]
     if ids:
         segments.append(_segment(ids, starts, cls_id, sep_id))
     return segments
@@ -102,34 +99,56 @@ class PackedSegment:
 
     def word_numbers(self) -> list[int]:
         """Per token: 1-based number of its word in the segment, 0 on special tokens."""
+        if "_word_numbers" in self.__dict__:  # computed once: several tasks ask
+            return self.__dict__["_word_numbers"]
         numbers, current = [], 0
         for start, sentence in zip(self.word_starts, self.sentence_index, strict=True):
             current += start
             numbers.append(current if sentence >= 0 else 0)
+        self.__dict__["_word_numbers"] = numbers
         return numbers
 
     def words(self) -> list[tuple[int, int, int, int]]:
         """(first token position, sentence index, start, end) of every word, in order."""
-        out: list[list[int]] = []
-        for position, (start, sentence) in enumerate(
-            zip(self.word_starts, self.sentence_index, strict=True)
-        ):
-            if start:
-                out.append([position, sentence, *self.offsets[position]])
-            elif sentence >= 0 and out and out[-1][1] == sentence:
-                out[-1][3] = self.offsets[position][1]
-        return [(p, s, a, b) for p, s, a, b in out]
+        if "_words" in self.__dict__:  # computed once: several tasks ask
+            return self.__dict__["_words"]
+        starts, sources, offsets = self.word_starts, self.sentence_index, self.offsets
+        firsts = [position for position, start in enumerate(starts) if start]
+        ends = [*firsts[1:], len(starts)]
+        words = []
+        for first, stop in zip(firsts, ends, strict=True):
+            sentence, last = sources[first], stop - 1
+            while last > first and sources[last] != sentence:  # [SEP] or the next sentence
+                last -= 1
+            words.append((first, sentence, offsets[first][0], offsets[last][1]))
+        self.__dict__["_words"] = words
+        return words
 
 
 def pack_sentences_with_offsets(
     tokenizer: Any, sentences: Sequence[str], max_length: int
 ) -> list[PackedSegment]:
-    """``base.pack_sentences`` (same segments, same ids) plus each token's source offsets."""
+    """``pack_sentences`` (same segments, same ids) plus each token's source offsets.
+
+    The last few results are remembered (segments are immutable): the word-aware tasks
+    pack the same sentences of a document alike.
+    """
     if not sentences:
         return []
+    memo = encoder_for(tokenizer).packed
+    key = (max_length, tuple(sentences))
+    if key not in memo:
+        if len(memo) >= PACKED_MEMO:
+            del memo[next(iter(memo))]
+        memo[key] = _pack_with_offsets(tokenizer, sentences, max_length)
+    return memo[key]
+
+
+def _pack_with_offsets(
+    tokenizer: Any, sentences: Sequence[str], max_length: int
+) -> list[PackedSegment]:
     room = max_length - 2
     cls_id, sep_id = tokenizer.cls_token_id, tokenizer.sep_token_id
-    encodings = tokenizer(list(sentences), add_special_tokens=False, return_offsets_mapping=True)
     segments: list[PackedSegment] = []
     ids: list[int] = []
     starts: list[int] = []
@@ -146,15 +165,15 @@ def pack_sentences_with_offsets(
             )
         )
 
-    for i in range(len(sentences)):
-        s_ids = encodings["input_ids"][i][:room]
+    for i, encoded in enumerate(encode_texts(tokenizer, sentences)):
+        s_ids = encoded.ids[:room]
         if ids and len(ids) + len(s_ids) > room:
             close()
             ids, starts, sources, offsets = [], [], [], []
         ids += s_ids
-        starts += word_starts_from(encodings.word_ids(i))[:room]
+        starts += encoded.word_starts[:room]
         sources += [i] * len(s_ids)
-        offsets += [tuple(o) for o in encodings["offset_mapping"][i][:room]]
+        offsets += encoded.offsets[:room]
     if ids:
         close()
     return segments

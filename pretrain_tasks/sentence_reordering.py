@@ -43,7 +43,7 @@ from pretrain_tasks.base import (
     SkipDocument,
 )
 from pretrain_tasks.document import Document
-from pretrain_tasks.packing import word_starts_from
+from pretrain_tasks.encoding import encode_texts
 from schedules import options
 
 LABEL_COLUMN = "sentence_reordering_label"
@@ -209,11 +209,10 @@ class SentenceReorderingTask(SentenceClassification):
         for paragraph in document.paragraphs:
             if len(paragraph.sentences) < 2:
                 continue
-            enc = self.tokenizer(list(paragraph.sentences), add_special_tokens=False)
             units = [
-                (ids, word_starts_from(enc.word_ids(i)))
-                for i, ids in enumerate(enc["input_ids"])
-                if ids  # a sentence with no tokens would make an empty segment
+                (encoded.ids, encoded.word_starts)
+                for encoded in encode_texts(self.tokenizer, paragraph.sentences)
+                if encoded.ids  # a sentence with no tokens would make an empty segment
             ]
             for start, end in sentence_windows([len(ids) for ids, _ in units], budget):
                 window = units[start:end]

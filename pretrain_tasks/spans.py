@@ -8,6 +8,7 @@ per-token unit ids of a packed segment (0 = special token, k > 0 = unit).
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Sequence
 
@@ -33,20 +34,30 @@ _WORD = re.compile(r"[^\W_]+")
 _JOINING_GAP = re.compile(r"\s+|-")  # what may separate two words of one phrase or name
 
 
-def words_with_offsets(text: str) -> list[tuple[str, int, int]]:
+Word = tuple[str, int, int]  # (word, start, end)
+# Sentences whose words are remembered: the word-aware tasks look at each sentence of a
+# document several times (phrases, names, labels), one document at a time.
+MEMO_SENTENCES = 8192
+
+
+@functools.lru_cache(maxsize=MEMO_SENTENCES)
+def words_with_offsets(text: str) -> tuple[Word, ...]:
     """(word, start, end) for every run of letters/digits in ``text``."""
-    return [(m.group(), m.start(), m.end()) for m in _WORD.finditer(text)]
+    return tuple((m.group(), *m.span()) for m in _WORD.finditer(text))
 
 
-def word_runs(text: str) -> list[list[tuple[str, int, int]]]:
+@functools.lru_cache(maxsize=MEMO_SENTENCES)
+def word_runs(text: str) -> tuple[tuple[Word, ...], ...]:
     """Words grouped into runs separated only by whitespace or one hyphen (no punctuation)."""
-    runs: list[list[tuple[str, int, int]]] = []
+    runs: list[list[Word]] = []
     for word in words_with_offsets(text):
-        if runs and _JOINING_GAP.fullmatch(text[runs[-1][-1][2] : word[1]]):
-            runs[-1].append(word)
-        else:
-            runs.append([word])
-    return runs
+        if runs:
+            gap = text[runs[-1][-1][2] : word[1]]
+            if gap == " " or _JOINING_GAP.fullmatch(gap):
+                runs[-1].append(word)
+                continue
+        runs.append([word])
+    return tuple(tuple(run) for run in runs)
 
 
 def select_non_overlapping(spans: Iterable[Span]) -> list[Span]:
@@ -68,21 +79,18 @@ def units_from_spans(
     """
     word_of = segment.word_numbers()
     span_of_word: dict[int, tuple[int, int]] = {}
-    for position, (sentence, (start, end)) in enumerate(
-        zip(segment.sentence_index, segment.offsets, strict=True)
-    ):
-        if sentence < 0 or word_of[position] in span_of_word:
+    offsets = segment.offsets
+    for position, sentence in enumerate(segment.sentence_index):
+        if sentence < 0 or not spans_per_sentence[sentence] or word_of[position] in span_of_word:
             continue
+        start, end = offsets[position]
         for k, (a, b) in enumerate(spans_per_sentence[sentence]):
             if start < b and a < end:
                 span_of_word[word_of[position]] = (sentence, k)
                 break
     unit_of: dict[tuple[int, int], int] = {}
-    units = []
-    for word in word_of:
-        if word == 0:
-            units.append(0)
-            continue
-        key = span_of_word.get(word, (-1, word))
-        units.append(unit_of.setdefault(key, len(unit_of) + 1))
+    units = [
+        unit_of.setdefault(span_of_word.get(word, (-1, word)), len(unit_of) + 1) if word else 0
+        for word in word_of
+    ]
     return units, len(set(span_of_word.values()))

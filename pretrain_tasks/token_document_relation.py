@@ -25,6 +25,7 @@ The head is a 2-way token classifier; metrics are accuracy and precision/recall/
 
 from __future__ import annotations
 
+import functools
 import random
 import unicodedata
 from collections import Counter
@@ -49,8 +50,11 @@ SEGMENT_KINDS = ("paragraph", "chunk")
 # ---------------------------------------------------------------- label builders (prepare time)
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def normalise_word(text: str) -> str:
     """Accents stripped, case folded, punctuation and symbols removed: "Naïve!" -> "naive"."""
+    if text.isascii():  # the same rule: ASCII letters and digits are the only L/N characters
+        return "".join(ch for ch in text if ch.isalnum()).lower()
     decomposed = unicodedata.normalize("NFKD", text)
     return "".join(
         ch

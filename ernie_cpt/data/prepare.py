@@ -1,9 +1,12 @@
 """Preparation: documents -> per-task example datasets (Arrow), cached by fingerprint.
 
 ``prepare_data`` reads the corpus, splits documents into train/held-out by a hash of their
-id, trains (or loads) the tokenizer, and has every task build its examples with
-``datasets.map`` (``num_proc`` workers). Each document gets its own RNG seeded from
-(seed, task, document id), so output does not depend on the number of workers. Documents a
+id, trains (or loads) the tokenizer, and builds every task's examples in one ``datasets.map``
+pass per split (``num_proc`` workers): each document goes to all tasks in turn, so its
+sentences are tokenized once for all of them (``pretrain_tasks.encoding``), and the pass's
+rows are then saved task by task. Each (document, task) gets its own RNG seeded from
+(seed, task, document id), so output depends neither on the number of workers nor on which
+other tasks are configured. Documents a
 task cannot use are counted by reason in ``data_report.json``; a task left with no training
 example is an error (or dropped with ``data.on_empty_task: skip``).
 
@@ -33,6 +36,7 @@ from typing import Any
 
 import datasets
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 
 from ernie_cpt.config import RunConfig
@@ -46,6 +50,7 @@ from pretrain_tasks.document import Document
 log = logging.getLogger(__name__)
 
 SKIP_COLUMN = "__skip"
+TASK_COLUMN = "__task"
 SHARED_FEATURES = {
     "input_ids": datasets.Sequence(datasets.Value("int32")),
     "token_type_ids": datasets.Sequence(datasets.Value("int8")),
@@ -154,74 +159,104 @@ class PreparedData:
     fingerprint: str
 
 
-def task_features(task: PretrainTask) -> datasets.Features:
-    """The Arrow schema of a task's examples (shared columns + its own + the skip marker)."""
-    own = {name: COLUMN_TYPES[kind] for name, kind in task.example_columns().items()}
-    return datasets.Features({**SHARED_FEATURES, **own, SKIP_COLUMN: datasets.Value("string")})
+def task_columns(task: PretrainTask) -> list[str]:
+    """The columns of a task's examples: the shared ones, then its own."""
+    return [*SHARED_FEATURES, *task.example_columns()]
+
+
+def prepared_features(tasks: Mapping[str, PretrainTask]) -> datasets.Features:
+    """The Arrow schema of one pass over the documents: the shared columns, every task's own
+    columns (null in other tasks' rows), the task of each row and the skip marker."""
+    own: dict[str, Any] = {}
+    for task in tasks.values():
+        for name, kind in task.example_columns().items():
+            if name in own or name in SHARED_FEATURES or name in (TASK_COLUMN, SKIP_COLUMN):
+                raise DataError(f"task {task.name!r}: column {name!r} is also another task's")
+            own[name] = COLUMN_TYPES[kind]
+    extra = {TASK_COLUMN: datasets.Value("string"), SKIP_COLUMN: datasets.Value("string")}
+    return datasets.Features({**SHARED_FEATURES, **own, **extra})
 
 
 def build_batch(
-    batch: Mapping[str, list[Any]], task: PretrainTask, corpus: SentencePool, seed: int
+    batch: Mapping[str, list[Any]],
+    tasks: Mapping[str, PretrainTask],
+    corpus: SentencePool,
+    seed: int,
+    columns: Sequence[str],
 ) -> dict[str, list[Any]]:
-    """``datasets.map`` function: documents in, examples out (plus one row per skipped doc)."""
-    columns = list(SHARED_FEATURES) + list(task.example_columns())
-    out: dict[str, list[Any]] = {name: [] for name in [*columns, SKIP_COLUMN]}
+    """``datasets.map`` function: documents in, every task's examples out (plus one row per
+    task and skipped document). All tasks see a document one after another, so its sentences
+    are tokenized once (``pretrain_tasks.encoding``'s memo), not once per task."""
+    out: dict[str, list[Any]] = {name: [] for name in [*columns, TASK_COLUMN, SKIP_COLUMN]}
+    owned = {name: set(task_columns(task)) for name, task in tasks.items()}
     for i in range(len(batch["id"])):
         document = Document.from_record({key: batch[key][i] for key in batch})
-        rng = random.Random(stable_seed(seed, task.name, document.id))
-        try:
-            examples = task.build_examples(document, corpus, rng)
-            reason = "" if examples else "no_examples"
-        except SkipDocument as skip:
-            examples, reason = [], skip.reason
-        for example in examples:
-            for name in columns:
-                out[name].append(example[name])
-            out[SKIP_COLUMN].append("")
-        if reason:
-            for name in columns:
-                out[name].append(None)
-            out[SKIP_COLUMN].append(reason)
+        for name, task in tasks.items():
+            rng = random.Random(stable_seed(seed, task.name, document.id))
+            try:
+                examples = task.build_examples(document, corpus, rng)
+                reason = "" if examples else "no_examples"
+            except SkipDocument as skip:
+                examples, reason = [], skip.reason
+            mine = owned[name]
+            for example in examples:
+                for column in columns:
+                    out[column].append(example[column] if column in mine else None)
+            rows = len(examples) + bool(reason)
+            if reason:
+                for column in columns:
+                    out[column].append(None)
+            out[TASK_COLUMN] += [name] * rows
+            out[SKIP_COLUMN] += [""] * len(examples) + ([reason] if reason else [])
     return out
 
 
-def build_task_split(
-    task: PretrainTask,
+def build_split(
+    tasks: Mapping[str, PretrainTask],
     documents: datasets.Dataset,
     corpus: SentencePool,
     seed: int,
     num_proc: int,
     fingerprint: str,
-) -> tuple[datasets.Dataset, dict[str, int]]:
-    """Examples of one task from one split of documents, and skipped documents by reason."""
-    mapped = documents.map(
+) -> datasets.Dataset:
+    """Every task's examples (and skip rows) from one split of documents, in one pass."""
+    features = prepared_features(tasks)
+    columns = [name for name in features if name not in (TASK_COLUMN, SKIP_COLUMN)]
+    return documents.map(
         build_batch,
         batched=True,
         batch_size=16,
         num_proc=num_proc if num_proc > 1 and len(documents) > 1 else None,
         remove_columns=documents.column_names,
-        features=task_features(task),
-        fn_kwargs={"task": task, "corpus": corpus, "seed": seed},
+        features=features,
+        fn_kwargs={"tasks": tasks, "corpus": corpus, "seed": seed, "columns": columns},
         new_fingerprint=fingerprint,
-        desc=f"prepare {task.name}",
+        desc=f"prepare {len(tasks)} task(s)",
     )
-    reasons = mapped.data.column(SKIP_COLUMN)
+
+
+def save_task_split(
+    mapped: datasets.Dataset, task: PretrainTask, name: str, target: Path
+) -> tuple[datasets.Dataset, dict[str, int]]:
+    """One task's examples of a pass, saved to ``target`` and loaded back (memory-mapped),
+    and its skipped documents by reason (most frequent first)."""
+    rows = pc.equal(mapped.data.column(TASK_COLUMN), name)
+    reasons = pc.filter(mapped.data.column(SKIP_COLUMN), rows)
     skips = {
         entry["values"]: entry["counts"]
         for entry in pc.value_counts(reasons).to_pylist()
         if entry["values"]
     }
-    if not skips:  # nothing to drop: no copy
-        return mapped.remove_columns(SKIP_COLUMN), {}
-    keep = np.flatnonzero(pc.equal(reasons, "").to_numpy(zero_copy_only=False))
-    if len(keep) == 0:  # an empty flattened selection saves no Arrow block: would not load
-        empty = mapped.filter(
-            lambda r: [not x for x in r], input_columns=[SKIP_COLUMN], batched=True
-        )
-        return empty.remove_columns(SKIP_COLUMN), skips
-    return mapped.select(keep).remove_columns(SKIP_COLUMN).flatten_indices(), dict(
-        sorted(skips.items(), key=lambda item: -item[1])
-    )
+    kept = pc.and_(rows, pc.equal(mapped.data.column(SKIP_COLUMN), ""))
+    keep = np.flatnonzero(kept.to_numpy(zero_copy_only=False))
+    if len(keep):
+        mapped.select(keep).select_columns(task_columns(task)).save_to_disk(str(target))
+    else:  # an empty selection saves no Arrow block (it would not load): one empty shard
+        features = datasets.Features({c: mapped.features[c] for c in task_columns(task)})
+        empty = pa.Table.from_pylist([], schema=features.arrow_schema)
+        datasets.Dataset(empty).save_to_disk(str(target), num_shards=1)
+    ordered = dict(sorted(skips.items(), key=lambda item: -item[1]))
+    return datasets.load_from_disk(str(target)), ordered
 
 
 def summed_label_counts(
@@ -538,19 +573,20 @@ def _build_all(
         split: SentencePool.from_documents(docs, seed, split, config.data.heldout_fraction)
         for split, docs in splits.items()
     }
-    for name, task in tasks.items():
+    entries: dict[str, dict[str, Any]] = {
+        name: {"family": task.family, "level": task.level} for name, task in tasks.items()
+    }
+    for split, docs in splits.items():
         started = time.perf_counter()
-        entry: dict[str, Any] = {"family": task.family, "level": task.level}
-        for split, docs in splits.items():
-            pool = pools[split]
-            examples, skips = build_task_split(
-                task, docs, pool, seed, num_proc, f"{fingerprint}-{name}-{split}"
-            )
-            examples.save_to_disk(str(tmp / name / split))
+        mapped = build_split(tasks, docs, pools[split], seed, num_proc, f"{fingerprint}-{split}")
+        for name, task in tasks.items():
+            examples, skips = save_task_split(mapped, task, name, tmp / name / split)
+            entry = entries[name]
             entry[f"{split}_examples"] = len(examples)
             entry[f"{split}_skipped_documents"] = skips
             entry.update(split_label_entry(task, split, examples))
-        entry["seconds"] = round(time.perf_counter() - started, 2)
+        report[f"{split}_seconds"] = round(time.perf_counter() - started, 2)
+    for name, entry in entries.items():
         report["tasks"][name] = entry
         log.info(
             "prepared %s: %d train / %d held-out examples",

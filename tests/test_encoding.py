@@ -1,0 +1,166 @@
+"""Tokenize once (issue 10 item 1): the shared ``TextEncoder`` gives exactly what the
+transformers tokenizer gives, ``encode_pair`` truncates pairs as the tokenizer does, the memo
+is bounded, and preparation's one pass over the documents tokenizes each sentence once for
+all tasks while building the same examples as one task at a time."""
+
+from __future__ import annotations
+
+import datasets
+import pytest
+
+from ernie_cpt.config import TokenizerConfig
+from ernie_cpt.data.corpus import load_wikipedia_sample
+from ernie_cpt.data.prepare import (
+    TASK_COLUMN,
+    SentencePool,
+    build_split,
+    save_task_split,
+)
+from ernie_cpt.data.segmentation import segment_text
+from ernie_cpt.data.tokenization import train_wordpiece
+from pretrain_tasks import build_task
+from pretrain_tasks.encoding import TextEncoder, encoder_for, pair_lengths
+from pretrain_tasks.packing import encode_pair, word_starts_from
+
+AWKWARD = [
+    "",
+    " ",
+    "Naïve café, résumé — Ünïcödé!",
+    "tabs\there\nand  double  spaces",
+    "CJK 漢字かな交じり文 mixed",
+    "emoji 🙂🙂 and ZWJ 👩‍💻 text",
+    "control\x00chars\x1f and \u200b zero width",
+    "a" * 250 + " very long word",
+    "[MASK] and [CLS] literally, plus [UNK]",
+    "İstanbul ﬁ ligature ß ǅ",
+    "end.\" Quote' (paren) [bracket] {brace}",
+]
+
+
+def sample_sentences(limit: int = 3000) -> list[str]:
+    out: list[str] = []
+    for record in load_wikipedia_sample():
+        for _, sentences in segment_text(record["text"], 2000).paragraphs:
+            out += sentences
+        if len(out) >= limit:
+            break
+    return out[:limit]
+
+
+@pytest.fixture(scope="module")
+def cased_tokenizer(tmp_path_factory):
+    """A cased WordPiece tokenizer (the fixture one is uncased) trained on the sample."""
+    config = TokenizerConfig(vocab_size=600, lowercase=False)
+    return train_wordpiece(sample_sentences(800), config, tmp_path_factory.mktemp("cased"))
+
+
+@pytest.mark.parametrize("which", ["tokenizer", "cased_tokenizer"])
+def test_encoder_equals_the_transformers_tokenizer(which, request):
+    tokenizer = request.getfixturevalue(which)
+    texts = sample_sentences() + AWKWARD
+    reference = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
+    encoded = TextEncoder(tokenizer, capacity=100).encode(texts)
+    for i, got in enumerate(encoded):
+        assert list(got.ids) == reference["input_ids"][i], texts[i]
+        assert [tuple(o) for o in got.offsets] == [tuple(o) for o in reference["offset_mapping"][i]]
+        assert list(got.word_starts) == word_starts_from(reference.word_ids(i)), texts[i]
+
+
+def test_truncation_or_padding_in_the_backend_is_ignored(tokenizer):
+    tokenizer.backend_tokenizer.enable_truncation(3)
+    tokenizer.backend_tokenizer.enable_padding(length=40)
+    try:
+        (got,) = TextEncoder(tokenizer).encode(["the quick brown fox jumps over the lazy dog"])
+    finally:
+        tokenizer.backend_tokenizer.no_truncation()
+        tokenizer.backend_tokenizer.no_padding()
+    expected = tokenizer("the quick brown fox jumps over the lazy dog", add_special_tokens=False)
+    assert list(got.ids) == expected["input_ids"] and len(got.ids) > 3
+
+
+def reference_pair(tokenizer, first, second, max_length):
+    """The former ``encode_pair``: the tokenizer's own pair encoding and truncation."""
+    enc = tokenizer(
+        first,
+        second,
+        truncation="longest_first" if second is not None else True,
+        max_length=max_length,
+        return_token_type_ids=True,
+    )
+    starts = word_starts_from(enc.word_ids())
+    if second:
+        seq_ids, word_ids = enc.sequence_ids(), enc.word_ids()
+        starts = [
+            int(s or (seq_ids[i] == 1 and seq_ids[i - 1] != 1 and word_ids[i] is not None))
+            for i, s in enumerate(starts)
+        ]
+    return {
+        "input_ids": enc["input_ids"],
+        "token_type_ids": enc["token_type_ids"],
+        "word_starts": starts,
+    }
+
+
+def test_encode_pair_equals_the_tokenizers_pair_truncation(tokenizer):
+    sentences = sample_sentences(40) + ["", "x", "tiny pair"]
+    pairs = [(a, b) for a in sentences[::4] for b in sentences[1::4]] + [(sentences[0], None)]
+    checked = 0
+    for first, second in pairs:
+        for max_length in (3, 4, 5, 8, 13, 32, 128):
+            got = encode_pair(tokenizer, first, second, max_length)
+            assert got == reference_pair(tokenizer, first, second, max_length), (first, second)
+            checked += 1
+    assert checked > 500
+
+
+def test_pair_lengths_rule():
+    assert pair_lengths(3, 4, 10) == (3, 4)  # fits: nothing cut
+    assert pair_lengths(2, 20, 10) == (2, 8)  # the short one kept whole
+    assert pair_lengths(20, 2, 10) == (8, 2)
+    assert pair_lengths(9, 8, 9) == (5, 4)  # both cut: the odd token to the longer one
+    assert pair_lengths(8, 9, 9) == (4, 5)
+    assert pair_lengths(6, 6, 9) == (4, 5)  # equally long: the odd token to the second
+
+
+def test_the_memo_is_bounded_and_reused(tokenizer):
+    encoder = TextEncoder(tokenizer, capacity=4)
+    texts = [f"sentence number {i}" for i in range(10)]
+    first = encoder.encode(texts)
+    assert len(encoder.memo) == 4 and encoder.encoded == 10
+    assert encoder.encode(texts[-4:]) == first[-4:] and encoder.encoded == 10  # all remembered
+    assert encoder.encode(texts[:2]) == first[:2] and encoder.encoded == 12  # evicted: again
+    assert encoder.encode(["a a", "a a", "b"]) == encoder.encode(["a a", "a a", "b"])
+    assert encoder.encoded == 14  # a repeated text in one call is encoded once
+
+
+def test_one_pass_tokenizes_each_sentence_once_and_builds_what_single_tasks_build(
+    tokenizer, documents, tmp_path
+):
+    rows = datasets.Dataset.from_list([d.to_record() for d in documents])
+    pool = SentencePool.from_documents(rows, seed=0)
+    names = ["mlm", "capitalization", "knowledge_masking", "sentence_reordering"]
+    tasks = {n: build_task(n, {}, tokenizer, 48) for n in names}
+    encoder_for(tokenizer).memo.clear()
+    before = encoder_for(tokenizer).encoded
+    mapped = build_split(tasks, rows, pool, 5, 1, "test-all")
+    distinct = {s for d in documents for s in d.sentences()}
+    assert encoder_for(tokenizer).encoded - before == len(distinct)  # not 4x: once each
+    assert set(mapped.data.column(TASK_COLUMN).to_pylist()) == set(names)
+    for name, task in tasks.items():
+        together, skips = save_task_split(mapped, task, name, tmp_path / "all" / name)
+        alone_mapped = build_split({name: task}, rows, pool, 5, 1, f"test-{name}")
+        alone, alone_skips = save_task_split(alone_mapped, task, name, tmp_path / "one" / name)
+        assert len(together) > 0 and skips == alone_skips
+        assert together.to_dict() == alone.to_dict()
+        assert sorted(together.column_names) == sorted(
+            ["input_ids", "token_type_ids", "word_starts", *task.example_columns()]
+        )
+
+
+def test_a_task_without_examples_saves_an_empty_loadable_split(tokenizer, documents, tmp_path):
+    rows = datasets.Dataset.from_list([documents[-1].to_record()])  # the empty document
+    task = build_task("sentence_distance", {}, tokenizer, 48)
+    mapped = build_split({"sentence_distance": task}, rows, SentencePool([], []), 0, 1, "empty")
+    examples, skips = save_task_split(mapped, task, "sentence_distance", tmp_path / "e")
+    assert len(examples) == 0 and sum(skips.values()) == 1
+    assert "sentence_distance_label" in examples.column_names
