@@ -9,7 +9,8 @@ machine disturbs it less than wall time. Prints a table, then the ratios against
 targets of issue 10. Never run as a timed test.
 
     python benchmarks/prepare_throughput.py                     # 1x and 4x the sample
-    python benchmarks/prepare_throughput.py --copies 4,16 --tasks all
+    python benchmarks/prepare_throughput.py --copies 16,64 --tasks all
+    python benchmarks/prepare_throughput.py --tokenizer train   # each run trains its own
 """
 
 from __future__ import annotations
@@ -53,11 +54,18 @@ def write_corpus(path: Path, copies: int) -> float:
     return path.stat().st_size / 1e6
 
 
-def write_config(path: Path, corpus: Path, tasks: tuple[str, ...], extra: list[str]) -> None:
-    """A prepare-only config: the demo's data settings, one worker process."""
+def write_config(
+    path: Path,
+    corpus: Path,
+    tasks: tuple[str, ...],
+    extra: list[str],
+    tokenizer: Path | None = None,
+) -> None:
+    """A prepare-only config: the demo's data settings, one worker process; a WordPiece
+    vocabulary of 8,000 trained on the corpus, or the fixed ``tokenizer`` directory."""
     lines = [
         "tokenizer:",
-        "  vocab_size: 8000",
+        f"  path: {json.dumps(str(tokenizer))}" if tokenizer else "  vocab_size: 8000",
         "data:",
         f"  corpus: {json.dumps(str(corpus))}",
         "  max_seq_length: 128",
@@ -97,6 +105,15 @@ def run_prepare(config: Path, cache: Path) -> dict[str, float]:
     }
 
 
+def train_tokenizer(work: Path, corpus: Path, extra: list[str]) -> Path:
+    """An 8,000-token WordPiece trained (untimed) by an MLM-only prepare of ``corpus``."""
+    config = work / "tokenizer.yaml"
+    write_config(config, corpus, ("mlm",), extra)
+    run_prepare(config, work / "cache-tokenizer")
+    (folder,) = (work / "cache-tokenizer" / "tokenizers").glob("wordpiece-*")
+    return folder
+
+
 def main(argv: list[str] | None = None) -> int:
     """Measure every (size, task set) pair and print the table and the ratios."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -104,6 +121,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tasks", default="mlm,all", help="task sets: mlm, all")
     parser.add_argument("--data", action="append", default=[], help="extra data: line, k: v")
     parser.add_argument("--workdir", default=None, help="keep corpora and caches here")
+    parser.add_argument(
+        "--tokenizer",
+        choices=("fixed", "train"),
+        default="fixed",
+        help="fixed: every run loads one tokenizer trained beforehand (untimed) on the "
+        "smallest corpus, so the rate is per MB of preparation; train: each run trains its own",
+    )
     args = parser.parse_args(argv)
     copies = [int(c) for c in args.copies.split(",")]
     task_sets = args.tasks.split(",")
@@ -111,12 +135,15 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         work = Path(tmp)
         results: dict[tuple[str, int], dict[str, float]] = {}
+        tokenizer = None
         for count in copies:
             corpus = work / f"corpus-{count}.jsonl"
             size_mb = write_corpus(corpus, count)
+            if args.tokenizer == "fixed" and tokenizer is None:
+                tokenizer = train_tokenizer(work, corpus, extra)
             for name in task_sets:
                 config = work / f"{name}-{count}.yaml"
-                write_config(config, corpus, TASK_SETS[name], extra)
+                write_config(config, corpus, TASK_SETS[name], extra, tokenizer)
                 row = run_prepare(config, work / f"cache-{name}-{count}")
                 row["mb"] = size_mb
                 row["mb_per_core_s"] = size_mb / row["cpu_s"]
