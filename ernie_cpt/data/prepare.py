@@ -42,6 +42,7 @@ import pyarrow.compute as pc
 from ernie_cpt.config import RunConfig
 from ernie_cpt.data import corpus as corpus_lib
 from ernie_cpt.data.corpus import DataError
+from ernie_cpt.data.mapped_pages import keep_arrow_pages_released
 from ernie_cpt.data.tokenization import load_or_train_tokenizer
 from pretrain_tasks import build_task
 from pretrain_tasks.base import PretrainTask, SkipDocument, stable_seed
@@ -187,6 +188,7 @@ def build_batch(
     """``datasets.map`` function: documents in, every task's examples out (plus one row per
     task and skipped document). All tasks see a document one after another, so its sentences
     are tokenized once (``pretrain_tasks.encoding``'s memo), not once per task."""
+    keep_arrow_pages_released()  # in this (possibly forked worker) process too
     out: dict[str, list[Any]] = {name: [] for name in [*columns, TASK_COLUMN, SKIP_COLUMN]}
     owned = {name: set(task_columns(task)) for name, task in tasks.items()}
     for i in range(len(batch["id"])):
@@ -384,6 +386,7 @@ def prepare_data(
     needs a fixed tokenizer (``tokenizer.path``), so every job tokenizes alike.
     """
     cache_dir = Path(cache_dir or default_cache_dir(config))
+    keep_arrow_pages_released()  # RSS stays flat however much Arrow the passes read
     if config.data.on_empty_task not in ON_EMPTY_TASK:
         raise DataError(
             f"unknown data.on_empty_task {config.data.on_empty_task!r}; use one of {ON_EMPTY_TASK}"

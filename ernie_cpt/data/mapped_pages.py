@@ -1,0 +1,132 @@
+"""Keep the pages of memory-mapped Arrow files out of the resident set (Linux).
+
+``datasets`` memory-maps every Arrow file it reads. A page a pass has read stays in the
+process's resident set (RSS, counted as ``RssFile``) for as long as the file is mapped, so
+one pass over N GB of Arrow shows N GB more RSS although nothing is held: measured on the
+built-in sample repeated 16 times (48 MB of text, 8 tasks), preparation peaked at 806 MB
+of such pages against 475 MB of its own (``RssAnon``), and the file part grew with the
+corpus. Memory limits and monitors that read RSS count those pages.
+
+``keep_arrow_pages_released`` starts one daemon thread per process that, every
+``INTERVAL_S`` seconds, asks the kernel to reclaim the pages of this process's read-only
+mappings of ``*.arrow`` files (``madvise(MADV_PAGEOUT)``, Linux 5.4+). The advice is
+safe whatever happens to the address range meanwhile: a clean file page is read back from
+its file on the next access, and ``MADV_PAGEOUT`` never discards anonymous memory (it is
+swapped out or left alone), so an address reused by another mapping between the scan and
+the call loses nothing. Pages mapped by several processes are left alone by the kernel.
+Elsewhere (other systems, older kernels, no ``/proc``) it does nothing, and so does
+``ERNIE_CPT_ARROW_PAGES_INTERVAL=0`` (the environment variable sets the interval).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+import os
+import sys
+import threading
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+MADV_PAGEOUT = 21
+INTERVAL_S = 0.5
+SUFFIX = ".arrow"
+
+_madvise: Any = None
+_owner_pid: int | None = None
+_lock = threading.Lock()
+
+
+def _libc_madvise() -> Any:
+    """libc's ``madvise`` (typed), or None where it is not available."""
+    global _madvise
+    if _madvise is None:
+        _madvise = False
+        if sys.platform.startswith("linux") and os.path.exists("/proc/self/maps"):
+            try:
+                libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+                function = libc.madvise
+                function.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+                function.restype = ctypes.c_int
+                _madvise = function
+            except (OSError, AttributeError):
+                pass
+    return _madvise or None
+
+
+def arrow_mappings(maps: str) -> list[tuple[int, int]]:
+    """(start, end) of every read-only mapping of an ``*.arrow`` file in ``/proc/<pid>/maps``
+    text (writable mappings are skipped)."""
+    ranges = []
+    for line in maps.splitlines():
+        parts = line.split(maxsplit=5)
+        if len(parts) < 6 or not parts[5].endswith(SUFFIX) or "w" in parts[1]:
+            continue
+        start, end = (int(address, 16) for address in parts[0].split("-"))
+        ranges.append((start, end))
+    return ranges
+
+
+def release_arrow_pages() -> int:
+    """Advise the kernel to reclaim this process's mapped Arrow pages now; returns the bytes
+    of the mappings advised (0 where unsupported)."""
+    madvise = _libc_madvise()
+    if madvise is None:
+        return 0
+    try:
+        with open("/proc/self/maps") as handle:
+            ranges = arrow_mappings(handle.read())
+    except OSError:
+        return 0
+    advised = 0
+    for start, end in ranges:
+        if madvise(start, end - start, MADV_PAGEOUT) == 0:
+            advised += end - start
+    return advised
+
+
+def keep_arrow_pages_released(interval: float | None = None) -> bool:
+    """Start (once per process; forked workers start their own) the thread that releases
+    mapped Arrow pages every ``interval`` seconds (default ``$ERNIE_CPT_ARROW_PAGES_INTERVAL``
+    or ``INTERVAL_S``; 0 turns it off). Returns whether it runs here."""
+    global _owner_pid
+    if _owner_pid == os.getpid():
+        return True
+    if interval is None:
+        interval = float(os.environ.get("ERNIE_CPT_ARROW_PAGES_INTERVAL", INTERVAL_S))
+    if interval <= 0 or _libc_madvise() is None:
+        return False
+    with _lock:
+        if _owner_pid == os.getpid():
+            return True
+        if not _pageout_supported():
+            return False
+        _owner_pid = os.getpid()
+        thread = threading.Thread(
+            target=_release_forever, args=(interval,), name="ernie-arrow-pages", daemon=True
+        )
+        thread.start()
+    return True
+
+
+def _pageout_supported() -> bool:
+    """Whether the kernel knows MADV_PAGEOUT (EINVAL before Linux 5.4): advised on one page
+    of a fresh anonymous mapping, which it cannot discard."""
+    import mmap
+
+    page = mmap.mmap(-1, mmap.PAGESIZE)
+    view = ctypes.c_char.from_buffer(page)
+    ok = _libc_madvise()(ctypes.addressof(view), mmap.PAGESIZE, MADV_PAGEOUT) == 0
+    del view  # the mapping cannot close while a view of it exists
+    page.close()
+    if not ok:
+        log.debug("MADV_PAGEOUT unsupported: mapped Arrow pages stay resident")
+    return ok
+
+
+def _release_forever(interval: float) -> None:
+    event = threading.Event()
+    while not event.wait(interval):
+        release_arrow_pages()
