@@ -91,6 +91,41 @@ def test_json_array_file(tmp_path):
     assert as_tuples(documents) == EXPECTED
 
 
+def test_json_array_is_read_element_by_element(tmp_path, monkeypatch):
+    # Tiny chunks: every element and the UTF-8 of "é" straddle chunk boundaries.
+    monkeypatch.setattr(corpus_module, "_ARRAY_CHUNK", 3)
+    records = [
+        {"id": 10**20, "title": "Café", "text": "Déjà vu. Again."},
+        {"id": "n", "text": "Numbers after me."},
+    ]
+    path = tmp_path / "corpus.json"
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps(records, ensure_ascii=False, indent=1).encode())
+    documents, _, skipped = build(make_config(tmp_path, path))
+    assert documents["id"][:] == [str(10**20), "n"]
+    assert documents["title"][:] == ["Café", None]
+    assert sum(skipped.values()) == 0
+    values = list(corpus_module._json_array_values(path.open("rb")))
+    assert values == records
+
+
+@pytest.mark.parametrize(
+    ("data", "kept", "bad"),
+    [
+        (b'[{"text": "One."}, {"text": ', 1, "invalid_json"),  # cut off
+        (b'[{"text": "One."}, {"text": "Two."},]', 2, "invalid_json"),  # trailing comma
+        (b'[{"text": "One."} {"text": "Two."}]', 1, "invalid_json"),  # comma missing
+        (b'[{"text": "One."}] trailing', 1, "invalid_json"),
+        (b'[{"text": "One."}, ' + b"[" * 100_000 + b"]" * 100_000 + b"]", 1, "too_deeply_nested"),
+    ],
+)
+def test_bad_json_array_keeps_the_elements_before_the_fault(tmp_path, data, kept, bad):
+    path = tmp_path / "corpus.json"
+    path.write_bytes(data)
+    documents, stats, skipped = build(make_config(tmp_path, path))
+    assert documents.num_rows == kept
+    assert stats["bad_lines"] == {bad: [f"corpus.json:{kept + 1}"]}
+
+
 def test_csv_file_with_invalid_utf8(tmp_path):
     path = tmp_path / "corpus.csv"
     path.write_bytes(

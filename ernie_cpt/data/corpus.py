@@ -19,7 +19,10 @@ not valid JSON is skipped as ``invalid_json``, one that is not an object as
 and one whose text is present but not a string as ``non_string_text``; their
 ``file:line`` locations (the first ``BAD_LINE_EXAMPLES`` per reason) go to
 ``data_report.json`` under ``documents.bad_lines``. Invalid UTF-8 is replaced (U+FFFD) and
-counted. The rows are written once to an Arrow file that is memory-mapped from then on.
+counted. A JSON array is parsed element by element from a bounded buffer (never the whole
+file); an element that does not parse ends it, the elements before it are kept. The rows
+are written once, in batches of bounded size, to an Arrow file that is memory-mapped from
+then on.
 Plain-text files read one document per file get the file name (without suffixes,
 underscores as spaces) as title.
 
@@ -58,6 +61,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ernie_cpt.config import ConfigError, DataConfig, did_you_mean
+from ernie_cpt.data.mapped_pages import keep_arrow_pages_released
 from ernie_cpt.data.segmentation import SENTENCE_SPLITTERS, segment_text
 
 # The data-format version: bump when the reading/cleaning/splitting rules change, so cached
@@ -493,10 +497,12 @@ _OPENERS: dict[str, Callable[[Path], Any]] = {
     ".bz2": bz2.open,
     ".xz": lzma.open,
 }
-# Rows are written to Arrow in batches of this many.
+# Rows are written to Arrow in batches of at most this many rows and about this many
+# bytes of text, so the buffer stays bounded however long the documents are.
 _RECORD_BATCH_ROWS = 4096
+_RECORD_BATCH_BYTES = 8 << 20
 # Bump when read_json_records changes what it writes.
-_JSON_READER_VERSION = 1
+_JSON_READER_VERSION = 2
 
 
 def _can_stream(file: Path) -> bool:
@@ -561,6 +567,7 @@ def _write_json_records(
     bad = BadLines.none()
     bad.columns = []
     rows: list[dict[str, str | None]] = []
+    buffered = 0
     records = 0
     with pa.OSFile(str(out), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
         for file in files:
@@ -572,9 +579,11 @@ def _write_json_records(
                 row = _json_row(value, fields, bad, f"{name}:{number}")
                 if row is not None:
                     rows.append(row)
-                if len(rows) >= _RECORD_BATCH_ROWS:
+                    buffered += sum(len(v) for v in row.values() if v is not None)
+                if len(rows) >= _RECORD_BATCH_ROWS or buffered >= _RECORD_BATCH_BYTES:
                     writer.write_batch(pa.RecordBatch.from_pylist(rows, schema=schema))
                     rows.clear()
+                    buffered = 0
         if rows:
             writer.write_batch(pa.RecordBatch.from_pylist(rows, schema=schema))
     return bad
@@ -591,16 +600,85 @@ def _json_values(file: Path) -> Iterator[tuple[int, Any]]:
         head = handle.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")
     if head.startswith(b"["):
         with _open_binary(file) as handle:
-            value = _parse(handle.read())
-        if isinstance(value, list):
-            yield from enumerate(value, 1)
-        else:
-            yield 1, value
+            yield from enumerate(_json_array_values(handle), 1)
         return
     with _open_binary(file) as handle:
         for number, line in enumerate(handle, 1):
             if line.strip():
                 yield number, _parse(line)
+
+
+_JSON_WHITESPACE = re.compile(r"[ \t\n\r]*")
+_JSON_NUMBER_TAIL = re.compile(r"[0-9.eE+-]*")
+_ARRAY_CHUNK = 1 << 20
+
+
+def _json_array_values(handle: Any) -> Iterator[Any]:
+    """The elements of the JSON array in a binary stream, parsed one at a time.
+
+    The buffer holds about one chunk (or one element, if longer), never the whole file.
+    An element that does not parse ends the array: it and the rest of the file are one
+    ``_NOT_JSON`` (or the RecursionError), since the next element cannot be found reliably.
+    """
+    decoder = json.JSONDecoder()
+    utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    buffer, pos, eof = "", 0, False
+
+    def more(size: int) -> None:
+        nonlocal buffer, pos, eof
+        data = handle.read(size)
+        eof = not data
+        buffer = buffer[pos:] + utf8.decode(data, final=eof)
+        pos = 0
+
+    def skip_whitespace() -> str:
+        """The next non-blank character ("" at the end of the file)."""
+        nonlocal pos
+        while True:
+            pos = _JSON_WHITESPACE.match(buffer, pos).end()  # type: ignore[union-attr]
+            if pos < len(buffer) or eof:
+                return buffer[pos : pos + 1]
+            more(_ARRAY_CHUNK)
+
+    while not buffer and not eof:
+        more(_ARRAY_CHUNK)
+    pos = 1 if buffer.startswith("\ufeff") else 0
+    skip_whitespace()
+    pos += 1  # the "[" (the caller checked it)
+    if skip_whitespace() == "]":
+        return
+    while True:
+        skip_whitespace()  # raw_decode does not skip leading blanks
+        size = _ARRAY_CHUNK
+        while True:  # an element cut by the chunk end: read more (doubling) and parse again
+            try:
+                value, end = decoder.raw_decode(buffer, pos)
+                number_may_go_on = (
+                    isinstance(value, (int, float))
+                    and _JSON_NUMBER_TAIL.match(buffer, end).end() == len(buffer)  # type: ignore[union-attr]
+                )
+                if eof or not number_may_go_on:
+                    break
+            except json.JSONDecodeError:
+                if eof:
+                    yield _NOT_JSON
+                    return
+            except RecursionError as error:
+                yield error
+                return
+            more(size)
+            size *= 2
+        yield value
+        pos = end
+        after = skip_whitespace()
+        pos += 1
+        if after == ",":
+            continue
+        if after != "]":
+            yield _NOT_JSON
+        elif skip_whitespace():
+            yield _NOT_JSON  # something after the closing bracket
+        return
 
 
 def _parse(data: bytes) -> Any:
@@ -702,6 +780,7 @@ def _split_batch(
     splitter: str,
 ) -> dict[str, list[Any]]:
     """``Dataset.map`` function: raw records -> document records plus bookkeeping columns."""
+    keep_arrow_pages_released()  # in this (possibly forked worker) process too
     texts = batch[text_field]
     titles = batch.get(title_field, [None] * len(texts))
     ids = batch.get(id_field, [None] * len(texts))
