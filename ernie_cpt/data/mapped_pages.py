@@ -16,6 +16,12 @@ swapped out or left alone), so an address reused by another mapping between the 
 the call loses nothing. Pages mapped by several processes are left alone by the kernel.
 Elsewhere (other systems, older kernels, no ``/proc``) it does nothing, and so does
 ``ERNIE_CPT_ARROW_PAGES_INTERVAL=0`` (the environment variable sets the interval).
+
+What stays resident is what a pass reads between two releases: read rate x interval
+(measured, all eight tasks on 12 MB: the pass file peaked at 95 MB resident with 0.5 s,
+24 MB with 0.1 s). One release costs about 1 ms (reading ``/proc/self/maps``), 0.5% of a
+core at the default 0.2 s. The kernel leaves alone pages of a file this process maps
+twice, and dirty pages (so preparation ``fsync``s what it writes before reading it).
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import ctypes
 import ctypes.util
 import logging
 import os
+import re
 import sys
 import threading
 from typing import Any
@@ -31,8 +38,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 MADV_PAGEOUT = 21
-INTERVAL_S = 0.5
-SUFFIX = ".arrow"
+INTERVAL_S = 0.2
 
 _madvise: Any = None
 _owner_pid: int | None = None
@@ -56,17 +62,15 @@ def _libc_madvise() -> Any:
     return _madvise or None
 
 
+# A /proc/<pid>/maps line of a read-only mapping of an *.arrow file: one regex pass over
+# the text (a torch process has ~1,000 lines; splitting each cost as much as reading them).
+_ARROW_LINE = re.compile(r"^([0-9a-f]+)-([0-9a-f]+) r-\S* .*\.arrow$", re.MULTILINE)
+
+
 def arrow_mappings(maps: str) -> list[tuple[int, int]]:
     """(start, end) of every read-only mapping of an ``*.arrow`` file in ``/proc/<pid>/maps``
     text (writable mappings are skipped)."""
-    ranges = []
-    for line in maps.splitlines():
-        parts = line.split(maxsplit=5)
-        if len(parts) < 6 or not parts[5].endswith(SUFFIX) or "w" in parts[1]:
-            continue
-        start, end = (int(address, 16) for address in parts[0].split("-"))
-        ranges.append((start, end))
-    return ranges
+    return [(int(m[1], 16), int(m[2], 16)) for m in _ARROW_LINE.finditer(maps)]
 
 
 def release_arrow_pages() -> int:
