@@ -73,6 +73,13 @@ def test_prepared_examples_do_not_depend_on_the_number_of_workers(tmp_path, toke
     assert share == round(max(tokens.count(t) for t in set(tokens)) / len(tokens), 6)
     again = prepare(tmp_path, 1, tmp_path / "tokenizer")  # cached: same files
     assert again.root == one.root
+    # The pass files (every task's rows, as large as the output) are not left behind.
+    for workers in (1, 2):
+        cache = tmp_path / f"cache-{workers}"
+        assert sorted(p.name for p in cache.glob("documents/*/documents/*.arrow")) == [
+            "data-00000-of-00001.arrow"
+        ]
+        assert not list(cache.rglob(".pass")) and not list(cache.glob("**/.tmp-*"))
 
 
 def test_entry_point_tasks_are_found_and_unknown_names_get_a_hint(monkeypatch):

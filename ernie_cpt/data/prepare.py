@@ -29,7 +29,7 @@ import os
 import random
 import shutil
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -52,6 +52,8 @@ log = logging.getLogger(__name__)
 
 SKIP_COLUMN = "__skip"
 TASK_COLUMN = "__task"
+# Inside a build's temporary folder: the pass files, removed before the folder moves in.
+PASS_FOLDER = ".pass"
 SHARED_FEATURES = {
     "input_ids": datasets.Sequence(datasets.Value("int32")),
     "token_type_ids": datasets.Sequence(datasets.Value("int8")),
@@ -220,11 +222,15 @@ def build_split(
     seed: int,
     num_proc: int,
     fingerprint: str,
+    cache_file: Path | None = None,
 ) -> datasets.Dataset:
-    """Every task's examples (and skip rows) from one split of documents, in one pass."""
+    """Every task's examples (and skip rows) from one split of documents, in one pass
+    (written to ``cache_file``, default: datasets' cache beside the documents)."""
     features = prepared_features(tasks)
     columns = [name for name in features if name not in (TASK_COLUMN, SKIP_COLUMN)]
-    return documents.map(
+    if cache_file is not None:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+    mapped = documents.map(
         build_batch,
         batched=True,
         batch_size=16,
@@ -233,8 +239,25 @@ def build_split(
         features=features,
         fn_kwargs={"tasks": tasks, "corpus": corpus, "seed": seed, "columns": columns},
         new_fingerprint=fingerprint,
+        cache_file_name=None if cache_file is None else str(cache_file),
         desc=f"prepare {len(tasks)} task(s)",
     )
+    flush_to_disk(entry["filename"] for entry in mapped.cache_files)
+    return mapped
+
+
+def flush_to_disk(files: Iterable[str | Path]) -> None:
+    """``fsync`` files just written, so that their pages are clean: the kernel can then
+    reclaim them once read (``mapped_pages``), where dirty pages of a freshly written Arrow
+    file would stay resident in every process reading it until writeback."""
+    for file in files:
+        handle = os.open(file, os.O_RDONLY)
+        try:
+            os.fsync(handle)
+        except OSError:  # file systems without fsync
+            pass
+        finally:
+            os.close(handle)
 
 
 def save_task_split(
@@ -257,6 +280,7 @@ def save_task_split(
         features = datasets.Features({c: mapped.features[c] for c in task_columns(task)})
         empty = pa.Table.from_pylist([], schema=features.arrow_schema)
         datasets.Dataset(empty).save_to_disk(str(target), num_shards=1)
+    flush_to_disk(target.glob("*.arrow"))
     ordered = dict(sorted(skips.items(), key=lambda item: -item[1]))
     return datasets.load_from_disk(str(target)), ordered
 
@@ -540,6 +564,7 @@ def _documents(
     tmp = target.with_name(f".tmp-{name}-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     documents.save_to_disk(str(tmp / "documents"))
+    flush_to_disk((tmp / "documents").glob("*.arrow"))
     (tmp / "stats.json").write_text(json.dumps({"stats": stats, "skipped": skipped}, indent=2))
     target.parent.mkdir(parents=True, exist_ok=True)
     if target.exists():
@@ -581,13 +606,21 @@ def _build_all(
     }
     for split, docs in splits.items():
         started = time.perf_counter()
-        mapped = build_split(tasks, docs, pools[split], seed, num_proc, f"{fingerprint}-{split}")
+        # The pass's rows (every task's columns) are an intermediate as large as the output:
+        # written inside the temporary folder and removed once saved task by task.
+        passes = tmp / PASS_FOLDER
+        mapped = build_split(
+            tasks, docs, pools[split], seed, num_proc, f"{fingerprint}-{split}",
+            cache_file=passes / f"{split}.arrow",
+        )  # fmt: skip
         for name, task in tasks.items():
             examples, skips = save_task_split(mapped, task, name, tmp / name / split)
             entry = entries[name]
             entry[f"{split}_examples"] = len(examples)
             entry[f"{split}_skipped_documents"] = skips
             entry.update(split_label_entry(task, split, examples))
+        del mapped
+        shutil.rmtree(passes)
         report[f"{split}_seconds"] = round(time.perf_counter() - started, 2)
     for name, entry in entries.items():
         report["tasks"][name] = entry
