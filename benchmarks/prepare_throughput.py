@@ -21,6 +21,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -79,7 +80,10 @@ def write_config(
 
 
 def run_prepare(config: Path, cache: Path) -> dict[str, float]:
-    """One ``ernie-cpt prepare`` in a child process: CPU seconds, wall seconds, peak RSS."""
+    """One ``ernie-cpt prepare`` in a child process: CPU seconds, wall seconds, peak RSS
+    (``ru_maxrss``) and, sampled from ``/proc`` every 50 ms on Linux, the peaks of its two
+    parts: ``RssAnon`` (the process's own memory) and ``RssFile`` (resident pages of mapped
+    files, e.g. memory-mapped Arrow)."""
     env = {
         **os.environ,
         "HF_HUB_OFFLINE": "1",
@@ -89,20 +93,46 @@ def run_prepare(config: Path, cache: Path) -> dict[str, float]:
     }
     command = [sys.executable, "-m", "ernie_cpt.cli", "prepare", str(config)]
     command += ["--cache-dir", str(cache)]
+    cache.mkdir(parents=True, exist_ok=True)
+    log_path = cache / "prepare.stderr"
     started = time.perf_counter()
-    child = subprocess.Popen(
-        command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
-    _, status, usage = os.wait4(child.pid, 0)
+    with log_path.open("wb") as log:
+        child = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log)
+        peaks = {"RssAnon": 0, "RssFile": 0}
+        sampler = threading.Thread(target=_sample_rss, args=(child.pid, peaks), daemon=True)
+        sampler.start()
+        _, status, usage = os.wait4(child.pid, 0)
+        child.returncode = os.waitstatus_to_exitcode(status)
+        sampler.join()
     wall = time.perf_counter() - started
-    stderr = child.stderr.read().decode(errors="replace") if child.stderr else ""
-    if os.waitstatus_to_exitcode(status) != 0:
+    if child.returncode != 0:
+        stderr = log_path.read_text(errors="replace")
         raise SystemExit(f"prepare failed ({config}):\n{stderr[-3000:]}")
     return {
         "cpu_s": usage.ru_utime + usage.ru_stime,
         "wall_s": wall,
         "peak_rss_mb": usage.ru_maxrss / 1024,  # Linux reports KiB
+        "peak_anon_mb": peaks["RssAnon"] / 1024,
+        "peak_file_mb": peaks["RssFile"] / 1024,
     }
+
+
+def _sample_rss(pid: int, peaks: dict[str, int]) -> None:
+    """Track the peak of each ``peaks`` key (kB lines of ``/proc/<pid>/status``) until the
+    process is gone; does nothing where ``/proc`` is absent."""
+    status = Path(f"/proc/{pid}/status")
+    while True:
+        try:
+            text = status.read_text()
+        except OSError:
+            return
+        if "State:\tZ" in text:  # exited, waiting to be reaped
+            return
+        for line in text.splitlines():
+            key, _, value = line.partition(":")
+            if key in peaks:
+                peaks[key] = max(peaks[key], int(value.split()[0]))
+        time.sleep(0.05)
 
 
 def train_tokenizer(work: Path, corpus: Path, extra: list[str]) -> Path:
@@ -132,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     copies = [int(c) for c in args.copies.split(",")]
     task_sets = args.tasks.split(",")
     extra = [f"  {line}" for line in args.data]
+    if args.workdir:
+        Path(args.workdir).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         work = Path(tmp)
         results: dict[tuple[str, int], dict[str, float]] = {}
@@ -151,7 +183,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(
                     f"{name:>4} x{count:<3} {size_mb:7.1f} MB  cpu {row['cpu_s']:7.1f} s  "
                     f"wall {row['wall_s']:7.1f} s  {row['mb_per_core_s']:6.3f} MB/s/core  "
-                    f"peak RSS {row['peak_rss_mb']:7.0f} MB",
+                    f"peak RSS {row['peak_rss_mb']:7.0f} MB (own {row['peak_anon_mb']:5.0f}, "
+                    f"mapped files {row['peak_file_mb']:5.0f})",
                     flush=True,
                 )
     print_ratios(results, copies, task_sets)
