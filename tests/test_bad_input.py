@@ -145,6 +145,27 @@ def test_empty_corpus_is_a_one_line_error_naming_it(tmp_path):
         prepare_data(config, cache_dir=tmp_path / "cache", progress=False)
 
 
+def test_text_file_too_long_for_one_document_names_the_setting(tmp_path):
+    text = "\n\n".join(f"Document {i} has one sentence. And a second one." for i in range(40))
+    path = tmp_path / "wiki.txt"
+    path.write_text(text)
+    data = {"corpus": str(path), "max_documents": None, "max_document_chars": 100}
+    # Over 4 bytes per allowed character: refused before it is read.
+    with pytest.raises(DataError, match="text_sample_by: paragraph"):
+        prepare_data(config_from_dict(tiny_tree(data=data)), tmp_path / "c1", progress=False)
+    # Possibly short enough: read, skipped as too long, and the error says why.
+    data["max_document_chars"] = len(text) - 1
+    with pytest.raises(DataError, match=r"document_too_long: 1\).*text_sample_by: paragraph"):
+        prepare_data(config_from_dict(tiny_tree(data=data)), tmp_path / "c2", progress=False)
+    # As the message says: one document per blank-line block.
+    documents, _, _ = build_documents(
+        DataConfig(corpus=str(path), text_sample_by="paragraph", cache_dir=str(tmp_path / "c3")),
+        num_proc=1,
+        progress=False,
+    )
+    assert documents.num_rows == 40
+
+
 def test_directory_that_is_not_a_tokenizer_is_named(tmp_path):
     folder = tmp_path / "not_a_tokenizer"
     folder.mkdir()

@@ -556,9 +556,16 @@ def _documents(
     )
     if len(documents) == 0:
         reasons = ", ".join(f"{k}: {v}" for k, v in skipped.items() if v) or "none"
+        hint = (
+            f"; documents over data.max_document_chars ({config.data.max_document_chars:,}) "
+            "are skipped: raise it, or for plain text with documents separated by blank "
+            "lines set data.text_sample_by: paragraph"
+            if skipped.get("document_too_long")
+            else ""
+        )
         raise DataError(
             f"corpus {config.data.corpus!r}: no documents ({stats.get('raw_records', 0)} "
-            f"records read; skipped by reason: {reasons})"
+            f"records read; skipped by reason: {reasons}){hint}"
         )
     stats = {**stats, "seconds": round(time.perf_counter() - started, 2)}
     tmp = target.with_name(f".tmp-{name}-{os.getpid()}")
