@@ -135,6 +135,30 @@ def _sample_rss(pid: int, peaks: dict[str, int]) -> None:
         time.sleep(0.05)
 
 
+def tokenizer_rate(corpus: Path, tokenizer: Path) -> float:
+    """MB/s per core of the tokenizer alone on the corpus texts (the tokenizers library's
+    Rust WordPiece: normalizer, pre-tokenizer, model; one thread, CPU seconds of the encode
+    calls only): the ceiling of any preparation that tokenizes the text once."""
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one thread, as prepare's one worker
+    from tokenizers import Tokenizer
+
+    backend = Tokenizer.from_file(str(tokenizer / "tokenizer.json"))
+    seconds, batch = 0.0, []
+    with corpus.open(encoding="utf-8") as handle:
+        for line in handle:
+            batch.append(json.loads(line)["text"])
+            if len(batch) == 64:
+                started = time.process_time()
+                backend.encode_batch(batch, add_special_tokens=False)
+                seconds += time.process_time() - started
+                batch = []
+    if batch:
+        started = time.process_time()
+        backend.encode_batch(batch, add_special_tokens=False)
+        seconds += time.process_time() - started
+    return corpus.stat().st_size / 1e6 / seconds
+
+
 def train_tokenizer(work: Path, corpus: Path, extra: list[str]) -> Path:
     """An 8,000-token WordPiece trained (untimed) by an MLM-only prepare of ``corpus``."""
     config = work / "tokenizer.yaml"
@@ -187,6 +211,12 @@ def main(argv: list[str] | None = None) -> int:
                     f"mapped files {row['peak_file_mb']:5.0f})",
                     flush=True,
                 )
+        if tokenizer is not None:
+            ceiling = tokenizer_rate(corpus, tokenizer)
+            print(f"tokenizer alone on the x{copies[-1]} corpus: {ceiling:.3f} MB/s per core")
+            for name in task_sets:
+                rate = results[(name, copies[-1])]["mb_per_core_s"]
+                print(f"{name}: {rate / ceiling:.2f}x the tokenizer-alone rate")
     print_ratios(results, copies, task_sets)
     return 0
 
