@@ -117,3 +117,48 @@ def test_thread_starts_once_per_process() -> None:
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
     )
     assert out.stdout.splitlines() == ["child True 1", "parent True True 1"]
+
+
+RELEASING_EVERY = """
+import sys, time
+from pathlib import Path
+import pyarrow as pa
+sys.path.insert(0, sys.argv[2])
+from test_mapped_pages import _mapping_rss_kb, _write_arrow
+from ernie_cpt.data import mapped_pages as m
+
+path = Path(sys.argv[1])
+_write_arrow(path, rows=20_000)
+assert m.keep_arrow_pages_released(600.0)  # the thread's own interval: far away
+with pa.memory_map(str(path)) as source:
+    table = pa.ipc.open_stream(source).read_all()
+    pa.compute.sum(table["input_ids"].combine_chunks().flatten())
+    time.sleep(0.3)
+    idle = _mapping_rss_kb(path)
+    with m.releasing_every(0.01):
+        pa.compute.sum(table["input_ids"].combine_chunks().flatten())
+        time.sleep(0.3)
+        inside = _mapping_rss_kb(path)
+    print(idle, inside)
+"""
+
+
+@needs_pageout
+def test_releasing_every_shortens_the_interval_inside_the_block(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "ERNIE_CPT_ARROW_PAGES_INTERVAL"}
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            RELEASING_EVERY,
+            str(tmp_path / "a.arrow"),
+            str(Path(__file__).parent),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    idle, inside = (int(v) for v in out.stdout.split())
+    assert idle > 4_000, idle  # not released on the 600 s interval
+    assert inside < idle / 4, (idle, inside)
