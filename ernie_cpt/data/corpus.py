@@ -633,65 +633,73 @@ def _json_array_values(handle: Any) -> Iterator[Any]:
     An element that does not parse ends the array: it and the rest of the file are one
     ``_NOT_JSON`` (or the RecursionError), since the next element cannot be found reliably.
     """
-    decoder = json.JSONDecoder()
-    utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
-    buffer, pos, eof = "", 0, False
+    return iter(_JsonArrayReader(handle))
 
-    def more(size: int) -> None:
-        nonlocal buffer, pos, eof
-        data = handle.read(size)
-        eof = not data
-        buffer = buffer[pos:] + utf8.decode(data, final=eof)
-        pos = 0
 
-    def skip_whitespace() -> str:
-        """The next non-blank character ("" at the end of the file)."""
-        nonlocal pos
+class _JsonArrayReader:
+    """A JSON array read from a binary stream through a bounded text buffer."""
+
+    def __init__(self, handle: Any) -> None:
+        self.handle = handle
+        self.decoder = json.JSONDecoder()
+        self.utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.buffer, self.pos, self.eof = "", 0, False
+
+    def more(self, size: int = _ARRAY_CHUNK) -> None:
+        """Read up to ``size`` more bytes, dropping what was consumed."""
+        data = self.handle.read(size)
+        self.eof = not data
+        self.buffer = self.buffer[self.pos :] + self.utf8.decode(data, final=self.eof)
+        self.pos = 0
+
+    def next_char(self) -> str:
+        """Skip blanks; the next character ("" at the end of the file)."""
         while True:
-            pos = _JSON_WHITESPACE.match(buffer, pos).end()  # type: ignore[union-attr]
-            if pos < len(buffer) or eof:
-                return buffer[pos : pos + 1]
-            more(_ARRAY_CHUNK)
+            self.pos = _JSON_WHITESPACE.match(self.buffer, self.pos).end()  # type: ignore[union-attr]
+            if self.pos < len(self.buffer) or self.eof:
+                return self.buffer[self.pos : self.pos + 1]
+            self.more()
 
-    while not buffer and not eof:
-        more(_ARRAY_CHUNK)
-    pos = 1 if buffer.startswith("\ufeff") else 0
-    skip_whitespace()
-    pos += 1  # the "[" (the caller checked it)
-    if skip_whitespace() == "]":
-        return
-    while True:
-        skip_whitespace()  # raw_decode does not skip leading blanks
+    def value(self) -> Any:
+        """The value at the position; an element cut by the chunk end is read further
+        (doubling) and parsed again, and so is a number that may go on."""
         size = _ARRAY_CHUNK
-        while True:  # an element cut by the chunk end: read more (doubling) and parse again
+        while True:
             try:
-                value, end = decoder.raw_decode(buffer, pos)
-                number_may_go_on = (
-                    isinstance(value, (int, float))
-                    and _JSON_NUMBER_TAIL.match(buffer, end).end() == len(buffer)  # type: ignore[union-attr]
-                )
-                if eof or not number_may_go_on:
-                    break
+                value, end = self.decoder.raw_decode(self.buffer, self.pos)
+                tail = _JSON_NUMBER_TAIL.match(self.buffer, end).end()  # type: ignore[union-attr]
+                if self.eof or not (isinstance(value, (int, float)) and tail == len(self.buffer)):
+                    self.pos = end
+                    return value
             except json.JSONDecodeError:
-                if eof:
-                    yield _NOT_JSON
-                    return
+                if self.eof:
+                    return _NOT_JSON
             except RecursionError as error:
-                yield error
-                return
-            more(size)
+                return error
+            self.more(size)
             size *= 2
-        yield value
-        pos = end
-        after = skip_whitespace()
-        pos += 1
-        if after == ",":
-            continue
-        if after != "]":
-            yield _NOT_JSON
-        elif skip_whitespace():
-            yield _NOT_JSON  # something after the closing bracket
-        return
+
+    def __iter__(self) -> Iterator[Any]:
+        while not self.buffer and not self.eof:
+            self.more()
+        self.pos = 1 if self.buffer.startswith("\ufeff") else 0
+        self.next_char()
+        self.pos += 1  # the "[" (the caller checked it)
+        if self.next_char() == "]":
+            return
+        while True:
+            self.next_char()  # raw_decode does not skip leading blanks
+            value = self.value()
+            yield value
+            if value is _NOT_JSON or isinstance(value, RecursionError):
+                return
+            after = self.next_char()
+            self.pos += 1
+            if after == ",":
+                continue
+            if after != "]" or self.next_char():  # no "]", or something after it
+                yield _NOT_JSON
+            return
 
 
 def _parse(data: bytes) -> Any:

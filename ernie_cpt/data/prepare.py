@@ -586,6 +586,24 @@ def _documents(
     return datasets.load_from_disk(str(target / "documents")), stats, skipped
 
 
+def _save_tasks(
+    mapped: datasets.Dataset,
+    tasks: Mapping[str, PretrainTask],
+    split: str,
+    tmp: Path,
+    entries: dict[str, dict[str, Any]],
+) -> None:
+    """Save one pass's rows task by task under ``tmp`` (counts and labels into ``entries``),
+    then remove the pass file: every task's columns, an intermediate as large as the output."""
+    for name, task in tasks.items():
+        examples, skips = save_task_split(mapped, task, name, tmp / name / split)
+        entry = entries[name]
+        entry[f"{split}_examples"] = len(examples)
+        entry[f"{split}_skipped_documents"] = skips
+        entry.update(split_label_entry(task, split, examples))
+    shutil.rmtree(tmp / PASS_FOLDER)
+
+
 def _build_all(
     config: RunConfig,
     tasks: Mapping[str, PretrainTask],
@@ -618,21 +636,12 @@ def _build_all(
     }
     for split, docs in splits.items():
         started = time.perf_counter()
-        # The pass's rows (every task's columns) are an intermediate as large as the output:
-        # written inside the temporary folder and removed once saved task by task.
-        passes = tmp / PASS_FOLDER
         mapped = build_split(
             tasks, docs, pools[split], seed, num_proc, f"{fingerprint}-{split}",
-            cache_file=passes / f"{split}.arrow",
+            cache_file=tmp / PASS_FOLDER / f"{split}.arrow",
         )  # fmt: skip
-        for name, task in tasks.items():
-            examples, skips = save_task_split(mapped, task, name, tmp / name / split)
-            entry = entries[name]
-            entry[f"{split}_examples"] = len(examples)
-            entry[f"{split}_skipped_documents"] = skips
-            entry.update(split_label_entry(task, split, examples))
-        del mapped
-        shutil.rmtree(passes)
+        _save_tasks(mapped, tasks, split, tmp, entries)
+        del mapped  # unmaps the removed pass file
         report[f"{split}_seconds"] = round(time.perf_counter() - started, 2)
     for name, entry in entries.items():
         report["tasks"][name] = entry
