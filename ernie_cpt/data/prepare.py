@@ -263,6 +263,14 @@ def flush_to_disk(files: Iterable[str | Path]) -> None:
             os.close(handle)
 
 
+def save_dataset(dataset: datasets.Dataset, target: Path, **options: Any) -> None:
+    """``save_to_disk``, releasing mapped pages often meanwhile (the copy reads a mapped
+    dataset at memory speed), then ``fsync`` of the written files (they are read next)."""
+    with releasing_every(SAVE_RELEASE_S):
+        dataset.save_to_disk(str(target), **options)
+    flush_to_disk(target.glob("*.arrow"))
+
+
 def save_task_split(
     mapped: datasets.Dataset, task: PretrainTask, name: str, target: Path
 ) -> tuple[datasets.Dataset, dict[str, int]]:
@@ -278,13 +286,11 @@ def save_task_split(
     kept = pc.and_(rows, pc.equal(mapped.data.column(SKIP_COLUMN), ""))
     keep = np.flatnonzero(kept.to_numpy(zero_copy_only=False))
     if len(keep):
-        with releasing_every(SAVE_RELEASE_S):
-            mapped.select(keep).select_columns(task_columns(task)).save_to_disk(str(target))
+        save_dataset(mapped.select(keep).select_columns(task_columns(task)), target)
     else:  # an empty selection saves no Arrow block (it would not load): one empty shard
         features = datasets.Features({c: mapped.features[c] for c in task_columns(task)})
         empty = pa.Table.from_pylist([], schema=features.arrow_schema)
-        datasets.Dataset(empty).save_to_disk(str(target), num_shards=1)
-    flush_to_disk(target.glob("*.arrow"))
+        save_dataset(datasets.Dataset(empty), target, num_shards=1)
     ordered = dict(sorted(skips.items(), key=lambda item: -item[1]))
     return datasets.load_from_disk(str(target)), ordered
 
@@ -574,9 +580,7 @@ def _documents(
     stats = {**stats, "seconds": round(time.perf_counter() - started, 2)}
     tmp = target.with_name(f".tmp-{name}-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    with releasing_every(SAVE_RELEASE_S):
-        documents.save_to_disk(str(tmp / "documents"))
-    flush_to_disk((tmp / "documents").glob("*.arrow"))
+    save_dataset(documents, tmp / "documents")
     (tmp / "stats.json").write_text(json.dumps({"stats": stats, "skipped": skipped}, indent=2))
     target.parent.mkdir(parents=True, exist_ok=True)
     if target.exists():
