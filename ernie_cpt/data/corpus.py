@@ -453,15 +453,15 @@ def _load_text(files: list[Path], root: Path, config: DataConfig) -> datasets.Da
             f"{did_you_mean(config.text_sample_by, SAMPLE_BY)}; use one of {SAMPLE_BY}"
         )
     limit = config.max_document_chars
-    if config.text_sample_by == "document" and limit is not None:
+    if config.text_sample_by == "document":
         # A UTF-8 character is at most 4 bytes: such files cannot fit in one document, and
         # datasets' reader would hold each whole in memory only for it to be skipped.
-        too_long = [f for f in files if f.stat().st_size > 4 * limit]
-        if too_long and len(too_long) == len(files):
-            size = too_long[0].stat().st_size / 2**20
+        sizes = [f.stat().st_size for f in files]
+        if sizes and all(size > 4 * limit for size in sizes):
+            more = " and more" if len(files) > 1 else ""
             raise DataError(
-                f"{too_long[0]} ({size:.0f} MB{' and more' if len(files) > 1 else ''}) cannot be"
-                f" one document (data.text_sample_by: document; data.max_document_chars: "
+                f"{files[0]} ({sizes[0] / 2**20:.0f} MB{more}) cannot be one document"
+                f" (data.text_sample_by: document; data.max_document_chars: "
                 f"{limit:,}): for documents separated by blank lines (the BERT format) set "
                 f"data.text_sample_by: paragraph, or one per line: line"
             )
