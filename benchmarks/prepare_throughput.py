@@ -16,6 +16,7 @@ targets of issue 10. Never run as a timed test.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import subprocess
@@ -143,19 +144,13 @@ def tokenizer_rate(corpus: Path, tokenizer: Path) -> float:
     from tokenizers import Tokenizer
 
     backend = Tokenizer.from_file(str(tokenizer / "tokenizer.json"))
-    seconds, batch = 0.0, []
+    seconds = 0.0
     with corpus.open(encoding="utf-8") as handle:
-        for line in handle:
-            batch.append(json.loads(line)["text"])
-            if len(batch) == 64:
-                started = time.process_time()
-                backend.encode_batch(batch, add_special_tokens=False)
-                seconds += time.process_time() - started
-                batch = []
-    if batch:
-        started = time.process_time()
-        backend.encode_batch(batch, add_special_tokens=False)
-        seconds += time.process_time() - started
+        texts = (json.loads(line)["text"] for line in handle)
+        while batch := list(itertools.islice(texts, 64)):
+            started = time.process_time()
+            backend.encode_batch(batch, add_special_tokens=False)
+            seconds += time.process_time() - started
     return corpus.stat().st_size / 1e6 / seconds
 
 
