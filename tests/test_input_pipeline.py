@@ -72,6 +72,10 @@ def test_cursor_moves_only_when_a_batch_is_taken_and_resume_continues():
         assert (stream_map["a"].epoch, stream_map["a"].position) == expected
         saved = {n: s.state() for n, s in stream_map.items()}
         rest = draw(pipeline, PLAN[5:])
+        # the batches queued after the last take: built ahead (before close cancels them,
+        # which it may do before the thread starts them when not waited for)
+        ahead = [future.result() for queue in pipeline.pending.values() for _, future in queue]
+        assert ahead
     finally:
         pipeline.close()
     resumed = streams()
