@@ -17,7 +17,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from pretrain_tasks.base import IGNORE_INDEX, Encoded, TaskLoss
+from pretrain_tasks.base import IGNORE_INDEX, Encoded, TaskLoss, count_correct
 
 # Batch column: True where a masking task already replaced/labelled the token, (B, T) bool.
 MASKED_POSITIONS = "masked_positions"
@@ -177,7 +177,7 @@ def masked_lm_gathered_loss(
         logits, targets, ignore_index=IGNORE_INDEX, reduction="sum"
     )
     valid = targets != IGNORE_INDEX
-    correct = ((logits.argmax(-1) == targets) & valid).sum()
+    correct = count_correct(logits, targets)
     count = valid.sum()
     stats = {"loss_sum": loss_sum.detach(), "correct": correct, "count": count}
     return TaskLoss(loss_sum, count, stats)

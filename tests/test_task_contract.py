@@ -134,3 +134,19 @@ class WrongConstructor(TokenDocumentRelationTask):
 def test_check_task_rejects_broken_tasks(cls, rule, tokenizer, documents) -> None:
     with pytest.raises(ContractError, match=rule):
         check_task(cls, tokenizer, documents)
+
+
+def test_count_correct_counts_top1_hits_as_argmax_does() -> None:
+    from pretrain_tasks.base import count_correct
+
+    generator = torch.Generator().manual_seed(3)
+    logits = torch.randn(200, 50, generator=generator, requires_grad=True)
+    targets = torch.randint(0, 50, (200,), generator=generator)
+    targets[::7] = IGNORE_INDEX
+    targets[1::5] = logits.argmax(-1)[1::5]  # plenty of hits (random targets hit ~2%)
+    expected = ((logits.argmax(-1) == targets) & (targets != IGNORE_INDEX)).sum()
+    assert int(count_correct(logits, targets)) == int(expected) > 30
+    # a target tied with another class at the row's maximum counts as a hit
+    tied = torch.tensor([[1.0, 3.0, 3.0], [5.0, 0.0, 0.0]])
+    assert int(count_correct(tied, torch.tensor([2, IGNORE_INDEX]))) == 1
+    assert int(count_correct(tied, torch.tensor([0, 0]))) == 1
