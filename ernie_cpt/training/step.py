@@ -186,7 +186,7 @@ def grad_nonfinite(engine: Any) -> torch.Tensor | None:
     grads = [p.grad for p in engine.module.parameters() if p.grad is not None]
     if not grads:
         return None
-    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+    norm = torch.nn.utils.get_total_norm(grads, foreach=True)  # one fused op, not one per tensor
     return (~torch.isfinite(norm)).double()
 
 
