@@ -135,3 +135,44 @@ def test_constant_and_cosine_schedules(distributed):
         1e-4 + 9e-4 * (1 + math.cos(math.pi * k / 10)) / 2 for k in range(10)
     ]
     assert learning_rates(distributed, cosine, 12) == pytest.approx(expected, abs=1e-12)
+
+
+class _TwoHeads(torch.nn.Module):
+    """Head ``b`` is used on the first forward only: an idle head afterwards (grad None)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.calls = torch.nn.Linear(4, 1), torch.nn.Linear(4, 1), 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return self.a(x) + (self.b(x) if self.calls == 1 else 0)
+
+
+def _trained_weights(engine, steps: int = 3) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(1)
+    for _ in range(steps):
+        engine.backward(engine(torch.randn(2, 4, generator=generator)).square().sum())
+        engine.step()
+        engine.zero_grad()  # set_to_none: the idle head has no gradient on later steps
+    return torch.cat([p.detach().flatten() for p in engine.module.parameters()])
+
+
+def test_lone_process_skips_the_no_op_gradient_all_reduce(distributed):
+    from ernie_cpt.training.engine import build_engine
+
+    def engine(stage: int):
+        torch.manual_seed(0)
+        train = TrainConfig(micro_batch_size=2, zero_stage=stage, gradient_clipping=1.0)
+        return build_engine(_TwoHeads(), train, total_steps=4, world_size=1)
+
+    lone, zero1 = engine(0), engine(1)
+    assert "allreduce_gradients" in vars(lone)
+    assert "allreduce_gradients" not in vars(zero1)  # ZeRO 1-3 do their own work in that call
+    reducing = engine(0)
+    del reducing.allreduce_gradients  # DeepSpeed's own: zero gradients for the idle head
+    weights = _trained_weights(lone)
+    assert torch.equal(weights, _trained_weights(reducing))  # same bits
+    untouched = engine(0)
+    untouched.allreduce_gradients = lambda *args, **kwargs: None  # no zero gradients
+    assert not torch.equal(weights, _trained_weights(untouched))  # the idle head's moments
