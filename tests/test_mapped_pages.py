@@ -162,3 +162,54 @@ def test_releasing_every_shortens_the_interval_inside_the_block(tmp_path: Path) 
     idle, inside = (int(v) for v in out.stdout.split())
     assert idle > 4_000, idle  # not released on the 600 s interval
     assert inside < idle / 4, (idle, inside)
+
+
+PAUSED = """
+import sys, time
+from pathlib import Path
+import pyarrow as pa
+sys.path.insert(0, sys.argv[2])
+from test_mapped_pages import _mapping_rss_kb, _write_arrow
+from ernie_cpt.data import mapped_pages as m
+
+path = Path(sys.argv[1])
+_write_arrow(path, rows=20_000)
+assert m.keep_arrow_pages_released(0.02)
+m.pause_arrow_page_release()
+with pa.memory_map(str(path)) as source:
+    table = pa.ipc.open_stream(source).read_all()
+    pa.compute.sum(table["input_ids"].combine_chunks().flatten())
+    time.sleep(0.3)
+    paused = _mapping_rss_kb(path)
+    assert m.keep_arrow_pages_released()  # running already: active again
+    time.sleep(0.3)
+    print(paused, _mapping_rss_kb(path))
+"""
+
+
+@needs_pageout
+def test_paused_thread_leaves_pages_until_asked_again(tmp_path: Path) -> None:
+    """prepare_data pauses the releaser when it returns: training re-reads its pages."""
+    env = {k: v for k, v in os.environ.items() if k != "ERNIE_CPT_ARROW_PAGES_INTERVAL"}
+    command = [sys.executable, "-c", PAUSED, str(tmp_path / "a.arrow"), str(Path(__file__).parent)]
+    out = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
+    paused, resumed = (int(v) for v in out.stdout.split())
+    assert paused > 4_000, paused  # 20 ticks went by, none released
+    assert resumed < paused / 4, (paused, resumed)
+
+
+def test_prepare_data_pauses_the_releaser(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ernie_cpt.data import prepare
+
+    calls: list[str] = []
+    monkeypatch.setattr(prepare, "keep_arrow_pages_released", lambda: calls.append("keep"))
+    monkeypatch.setattr(prepare, "pause_arrow_page_release", lambda: calls.append("pause"))
+
+    def failing(*args: object) -> None:
+        calls.append("prepare")
+        raise RuntimeError("bad corpus")
+
+    monkeypatch.setattr(prepare, "_prepare", failing)
+    with pytest.raises(RuntimeError, match="bad corpus"):
+        prepare.prepare_data(object())  # type: ignore[arg-type]
+    assert calls == ["keep", "prepare", "pause"]  # paused even when preparation fails

@@ -16,6 +16,8 @@ swapped out or left alone), so an address reused by another mapping between the 
 the call loses nothing. Pages mapped by several processes are left alone by the kernel.
 Elsewhere (other systems, older kernels, no ``/proc``) it does nothing, and so does
 ``ERNIE_CPT_ARROW_PAGES_INTERVAL=0`` (the environment variable sets the interval).
+``prepare_data`` pauses the thread when it returns (``pause_arrow_page_release``): training
+re-reads its examples every epoch, and a released page costs a read from the file.
 
 What stays resident is what a pass reads between two releases: read rate x interval
 (measured, all eight tasks on 12 MB: the pass file peaked at 95 MB resident with 0.5 s,
@@ -47,6 +49,7 @@ _madvise: Any = None
 _overrides: list[float] = []  # shorter intervals asked for by releasing_every blocks
 _wake = threading.Event()
 _owner_pid: int | None = None
+_active = False  # released on each tick only while set (pause_arrow_page_release clears it)
 _lock = threading.Lock()
 
 
@@ -100,8 +103,9 @@ def keep_arrow_pages_released(interval: float | None = None) -> bool:
     """Start (once per process; forked workers start their own) the thread that releases
     mapped Arrow pages every ``interval`` seconds (default ``$ERNIE_CPT_ARROW_PAGES_INTERVAL``
     or ``INTERVAL_S``; 0 turns it off). Returns whether it runs here."""
-    global _owner_pid
+    global _owner_pid, _active
     if _owner_pid == os.getpid():
+        _active = True
         return True
     if interval is None:
         interval = float(os.environ.get("ERNIE_CPT_ARROW_PAGES_INTERVAL", INTERVAL_S))
@@ -112,7 +116,7 @@ def keep_arrow_pages_released(interval: float | None = None) -> bool:
             return True
         if not _pageout_supported():
             return False
-        _owner_pid = os.getpid()
+        _owner_pid, _active = os.getpid(), True
         thread = threading.Thread(
             target=_release_forever, args=(interval,), name="ernie-arrow-pages", daemon=True
         )
@@ -150,8 +154,18 @@ def releasing_every(seconds: float) -> Iterator[None]:
             release_arrow_pages()
 
 
+def pause_arrow_page_release() -> None:
+    """Stop releasing (the thread idles) until ``keep_arrow_pages_released`` is called again:
+    preparation's passes read each page once, training reads the same examples epoch after
+    epoch, and a released page would be read back from the file (from disk if the kernel
+    dropped it from the page cache) on the next access."""
+    global _active
+    _active = False
+
+
 def _release_forever(interval: float) -> None:
     while True:
         _wake.wait(min(_overrides, default=interval))
         _wake.clear()
-        release_arrow_pages()
+        if _active or _overrides:
+            release_arrow_pages()

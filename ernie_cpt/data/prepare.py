@@ -42,7 +42,11 @@ import pyarrow.compute as pc
 from ernie_cpt.config import RunConfig
 from ernie_cpt.data import corpus as corpus_lib
 from ernie_cpt.data.corpus import DataError
-from ernie_cpt.data.mapped_pages import keep_arrow_pages_released, releasing_every
+from ernie_cpt.data.mapped_pages import (
+    keep_arrow_pages_released,
+    pause_arrow_page_release,
+    releasing_every,
+)
 from ernie_cpt.data.tokenization import load_or_train_tokenizer
 from pretrain_tasks import build_task
 from pretrain_tasks.base import PretrainTask, SkipDocument, stable_seed
@@ -419,8 +423,18 @@ def prepare_data(
     ``shard`` reads all N shards (memory-mapped, concatenated without copying). Sharding
     needs a fixed tokenizer (``tokenizer.path``), so every job tokenizes alike.
     """
-    cache_dir = Path(cache_dir or default_cache_dir(config))
     keep_arrow_pages_released()  # RSS stays flat however much Arrow the passes read
+    try:
+        return _prepare(config, cache_dir, progress, shard)
+    finally:
+        pause_arrow_page_release()  # training re-reads its pages: leave them resident
+
+
+def _prepare(
+    config: RunConfig, cache_dir: Path | None, progress: bool, shard: tuple[int, int] | None
+) -> PreparedData:
+    """``prepare_data`` while mapped Arrow pages are being released."""
+    cache_dir = Path(cache_dir or default_cache_dir(config))
     if config.data.on_empty_task not in ON_EMPTY_TASK:
         raise DataError(
             f"unknown data.on_empty_task {config.data.on_empty_task!r}; use one of {ON_EMPTY_TASK}"
