@@ -139,7 +139,7 @@ def pack_sentences_with_offsets(
     key = (max_length, tuple(sentences))
     if key not in memo:
         if len(memo) >= PACKED_MEMO:
-            del memo[next(iter(memo))]
+            memo.popitem(last=False)
         memo[key] = _pack_with_offsets(tokenizer, sentences, max_length)
     return memo[key]
 

@@ -164,3 +164,10 @@ def test_a_task_without_examples_saves_an_empty_loadable_split(tokenizer, docume
     examples, skips = save_task_split(mapped, task, "sentence_distance", tmp_path / "e")
     assert len(examples) == 0 and sum(skips.values()) == 1
     assert "sentence_distance_label" in examples.column_names
+
+
+def test_word_starts_from_hand_values() -> None:
+    assert word_starts_from([]) == []
+    assert word_starts_from([None, 0, 0, 1, None, 2, 2, 3]) == [0, 1, 0, 1, 0, 1, 0, 1]
+    # a word id seen again after a special token starts a word again (pair encodings)
+    assert word_starts_from([0, 1, None, 0, 0]) == [1, 1, 0, 1, 0]
