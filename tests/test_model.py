@@ -87,3 +87,44 @@ def test_task_embedding_grows_keeping_trained_rows(tokenizer):
     after = model.encoder.embeddings.task_type_embeddings.weight
     assert after.shape == (5, 32) and torch.equal(after[:2], before)
     assert model.encoder.config.task_type_vocab_size == 5
+
+
+def _encode(model, ids, mask, padded):
+    torch.manual_seed(0)
+    zeros = torch.zeros_like(ids)
+    out = model(ids, mask, zeros, zeros, ["mlm", "sentence_distance"], padded=padded)
+    return torch.cat(
+        [out.for_task(t).sequence_output.flatten() for t in ("mlm", "sentence_distance")]
+    )
+
+
+def test_host_known_padding_gives_the_same_bits_and_never_reads_the_mask(tokenizer, monkeypatch):
+    from ernie_cpt.config import SharingConfig
+
+    ids = torch.randint(5, len(tokenizer), (3, 9), generator=torch.Generator().manual_seed(1))
+    full = torch.ones_like(ids)
+    padded = full.clone()
+    padded[1, 6:] = 0
+    reads = []
+    for kind in ("hard", "mmoe"):
+        for attention in ("sdpa", "eager"):
+            torch.manual_seed(0)
+            model = build_model(
+                ModelConfig(**TINY, attn_implementation=attention),
+                tasks_for(tokenizer),
+                len(tokenizer),
+                tokenizer.pad_token_id,
+                sharing=SharingConfig(kind=kind),
+            ).eval()
+            for mask, has_padding in ((full, False), (padded, True)):
+                checked = _encode(model, ids, mask, None)  # transformers reads the mask
+                with monkeypatch.context() as patch:
+                    patch.setattr(torch.Tensor, "__bool__", lambda t: reads.append(t) or True)
+                    known = _encode(model, ids, mask, has_padding)
+                assert torch.equal(known, checked), (kind, attention, has_padding)
+    assert reads == []  # no Tensor truth test (a device read on a GPU) in any forward
+    # the check is real: without the host's answer transformers tests the mask
+    with monkeypatch.context() as patch:
+        patch.setattr(torch.Tensor, "__bool__", lambda t: reads.append(t) or True)
+        _encode(model, ids, full, None)
+    assert reads

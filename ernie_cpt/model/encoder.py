@@ -87,12 +87,15 @@ class MultiTaskModel(nn.Module):
         token_type_ids: Tensor,
         task_type_ids: Tensor,
         tasks: Sequence[str] = (),
+        padded: bool | None = None,
     ) -> SharedEncoding:
         """Encode a batch: (B, T) ids -> sequence (B, T, H) and pooled (B, H) outputs, and
-        with an architecture each of ``tasks``' own outputs (``SharedEncoding.for_task``)."""
+        with an architecture each of ``tasks``' own outputs (``SharedEncoding.for_task``).
+        ``padded``: whether ``attention_mask`` has a 0, when the caller knows (None: unknown)."""
+        attention = self.layer_mask(attention_mask, padded)
         out = self.encoder(
             input_ids=input_ids,
-            attention_mask=attention_mask,
+            attention_mask=attention,
             token_type_ids=token_type_ids,
             task_type_ids=task_type_ids,
         )
@@ -100,7 +103,7 @@ class MultiTaskModel(nn.Module):
             return SharedEncoding(out.last_hidden_state, out.pooler_output, {}, None)
         shared = out.last_hidden_state  # (B, T, H) after the shared lower layers
         mask = create_bidirectional_mask(
-            config=self.encoder.config, inputs_embeds=shared, attention_mask=attention_mask
+            config=self.encoder.config, inputs_embeds=shared, attention_mask=attention
         )  # the same 4-D mask the encoder's own layers used
         routed = self.sharing(shared, mask, attention_mask, list(tasks))
         routes = {t: Encoded(seq, self.encoder.pooler(seq)) for t, seq in routed.outputs.items()}
@@ -114,6 +117,30 @@ class MultiTaskModel(nn.Module):
         }
         self.last_token_mask = attention_mask.detach()
         return SharedEncoding(shared, out.pooler_output, routes, extra)
+
+    def layer_mask(self, attention_mask: Tensor, padded: bool | None) -> Tensor | None:
+        """The mask handed to the encoder's layers, built without reading the device.
+
+        Given the (B, T) mask, transformers asks the device whether it has a 0
+        (``mask.all()``, a host-device synchronisation every forward) to drop it when
+        there is none. A caller that knows (``padded``, from the host batch) skips that:
+        no padding gives None (what transformers would give), padding gives transformers'
+        own 4-D mask (sdpa: boolean, eager: additive) built without the check, which the
+        encoder then takes as it is. Other attention implementations (flash, flex) and
+        ``padded=None`` get the (B, T) mask as before."""
+        config = self.encoder.config
+        if padded is None or config._attn_implementation not in ("sdpa", "eager"):
+            return attention_mask
+        if not padded:
+            return None
+        dtype = self.encoder.embeddings.word_embeddings.weight.dtype
+        probe = attention_mask.new_empty((*attention_mask.shape, 0), dtype=dtype)  # metadata
+        return create_bidirectional_mask(
+            config=config,
+            inputs_embeds=probe,
+            attention_mask=attention_mask,
+            allow_is_bidirectional_skip=False,
+        )
 
     def sharing_telemetry(self) -> dict[str, Any]:
         """The architecture's state: gate statistics of the last forward pass per task

@@ -89,7 +89,8 @@ def build_micro_batch(
     ]
     batch["task_type_ids"] = torch.full_like(batch["input_ids"], run.state.task_ids[task])
     tokens = int(batch["attention_mask"].sum())  # host tensor: no device sync
-    return Prepared(pin(batch), names, tokens, after)
+    padded = tokens < batch["attention_mask"].numel()
+    return Prepared(pin(batch), names, tokens, after, padded)
 
 
 def micro_batch(
@@ -121,7 +122,9 @@ def train_step(
         prepared = micro_batch(run, task, stage, pipeline)
         batch = to_device(prepared.batch, device())
         with nan_fault(engine, step + 1):
-            loss, task_losses, weights = engine(batch, prepared.names, step, stage.weighting)
+            loss, task_losses, weights = engine(
+                batch, prepared.names, step, stage.weighting, padded=prepared.padded
+            )
         engine.backward(loss)
         if micro < accumulation - 1:
             engine.step()  # not an accumulation boundary: no update yet

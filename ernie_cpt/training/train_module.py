@@ -43,11 +43,13 @@ class TrainModule(nn.Module):
         task_names: Sequence[str],
         step: int = 0,
         weighting: str | None = None,
+        padded: bool | None = None,
     ) -> tuple[Tensor, dict[str, TaskLoss], dict[str, float]]:
         """(loss to backward, per-task losses, per-task weights) for one micro-batch.
 
         ``weighting`` names the loss-balancing method (a key of ``weightings``); None sums
-        the task losses (evaluation).
+        the task losses (evaluation). ``padded``: whether the batch has padding, when the
+        caller knows it from the host batch (the model then never reads the mask back).
         """
         encoded = self.model(
             batch["input_ids"],
@@ -55,6 +57,7 @@ class TrainModule(nn.Module):
             batch["token_type_ids"],
             batch["task_type_ids"],
             task_names,
+            padded=padded,
         )
         losses = {
             name: self.tasks[name].loss(self.model.heads[name], encoded.for_task(name), batch)
