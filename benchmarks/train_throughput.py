@@ -258,12 +258,17 @@ def sync_section(run: Run, recorder: Recorder, tasks: list[str]) -> None:
     probes = ["mlm"] + [t for t in tasks if run.data.tasks[t].level == "sentence"]
     step = stepper(run, lambda i: probes[i % len(probes)])
     accumulation = run.config.train.gradient_accumulation_steps
-    with recorder.patched():
-        for task in probes:
-            recorder.syncs, recorder.counting = 0, True
-            step()
-            recorder.counting = False
-            print(f"{task:<24} {recorder.syncs / accumulation:.0f}")
+    build = step_module.build_micro_batch  # host work, even when run in the training thread
+    step_module.build_micro_batch = recorder._host(build)
+    try:
+        with recorder.patched():
+            for task in probes:
+                recorder.syncs, recorder.counting = 0, True
+                step()
+                recorder.counting = False
+                print(f"{task:<24} {recorder.syncs / accumulation:.0f}")
+    finally:
+        step_module.build_micro_batch = build
     print("where (all probes):", dict(recorder.where.most_common(8)))
 
 
