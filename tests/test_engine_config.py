@@ -167,12 +167,34 @@ def test_lone_process_skips_the_no_op_gradient_all_reduce(distributed):
         return build_engine(_TwoHeads(), train, total_steps=4, world_size=1)
 
     lone, zero1 = engine(0), engine(1)
-    assert "allreduce_gradients" in vars(lone)
+    assert {"allreduce_gradients", "clip_fp32_gradients"} <= set(vars(lone))
     assert "allreduce_gradients" not in vars(zero1)  # ZeRO 1-3 do their own work in that call
     reducing = engine(0)
     del reducing.allreduce_gradients  # DeepSpeed's own: zero gradients for the idle head
+    del reducing.clip_fp32_gradients  # and its per-tensor clipping
     weights = _trained_weights(lone)
     assert torch.equal(weights, _trained_weights(reducing))  # same bits
     untouched = engine(0)
     untouched.allreduce_gradients = lambda *args, **kwargs: None  # no zero gradients
     assert not torch.equal(weights, _trained_weights(untouched))  # the idle head's moments
+
+
+def test_lone_clipping_is_deepspeed_s_to_the_bit(distributed):
+    from deepspeed.runtime.utils import clip_grad_norm_
+
+    from ernie_cpt.training.engine import clip_lone_gradients
+
+    generator = torch.Generator().manual_seed(0)
+    for scale in (0.01, 1.0, 100.0):  # no clipping, around the threshold, clipping
+        ours = [torch.nn.Parameter(torch.randn(s, generator=generator)) for s in SHAPES]
+        theirs = [torch.nn.Parameter(p.detach().clone()) for p in ours]
+        for index, (a, b) in enumerate(zip(ours, theirs, strict=True)):
+            if index != 1:  # one parameter without a gradient
+                a.grad = torch.randn(a.shape, generator=generator) * scale
+                b.grad = a.grad.clone()
+        assert torch.equal(clip_lone_gradients(ours, 1.0), clip_grad_norm_(theirs, 1.0))
+        for a, b in zip(ours, theirs, strict=True):
+            assert (a.grad is None and b.grad is None) or torch.equal(a.grad, b.grad)
+
+
+SHAPES = [(50, 7), (13,), (800, 16), (3,)]

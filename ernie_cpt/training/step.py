@@ -120,12 +120,7 @@ def train_step(
     tokens, weights, lr = 0, {}, engine.get_lr()[0]
     for micro in range(accumulation):
         prepared = micro_batch(run, task, stage, pipeline)
-        batch = to_device(prepared.batch, device())
-        with nan_fault(engine, step + 1):
-            loss, task_losses, weights = engine(
-                batch, prepared.names, step, stage.weighting, padded=prepared.padded
-            )
-        engine.backward(loss)
+        task_losses, weights = forward_backward(engine, prepared, step, stage.weighting)
         if micro < accumulation - 1:
             engine.step()  # not an accumulation boundary: no update yet
         for name, stats in stat_vectors(task_losses).items():
@@ -164,6 +159,19 @@ def train_step(
         finite=finite,
         stop=totals[2] > 0,
     )
+
+
+def forward_backward(
+    engine: Any, prepared: Prepared, step: int, weighting: str
+) -> tuple[dict[str, TaskLoss], dict[str, Any]]:
+    """One micro-batch's forward and backward: (per-task losses, loss weights)."""
+    batch = to_device(prepared.batch, device())
+    with nan_fault(engine, step + 1):
+        loss, task_losses, weights = engine(
+            batch, prepared.names, step, weighting, padded=prepared.padded
+        )
+    engine.backward(loss)
+    return task_losses, weights
 
 
 def observe(
