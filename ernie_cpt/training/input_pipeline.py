@@ -35,7 +35,6 @@ class Prepared:
     names: list[str]  # the drawn task, then the attached tasks whose labels it carries
     tokens: int  # non-padding input tokens (counted on the host: no device sync)
     after: Cursor  # the stream cursor after this batch
-    padded: bool | None = None  # any padding cell (host-known); None: unknown, the model checks
 
 
 Build = Callable[[str, tuple[str, ...], Cursor], Prepared]

@@ -89,8 +89,7 @@ def build_micro_batch(
     ]
     batch["task_type_ids"] = torch.full_like(batch["input_ids"], run.state.task_ids[task])
     tokens = int(batch["attention_mask"].sum())  # host tensor: no device sync
-    padded = tokens < batch["attention_mask"].numel()
-    return Prepared(pin(batch), names, tokens, after, padded)
+    return Prepared(pin(batch), names, tokens, after)
 
 
 def micro_batch(
@@ -166,10 +165,9 @@ def forward_backward(
 ) -> tuple[dict[str, TaskLoss], dict[str, Any]]:
     """One micro-batch's forward and backward: (per-task losses, loss weights)."""
     batch = to_device(prepared.batch, device())
+    padded = prepared.tokens < batch["attention_mask"].numel()  # host count: no device read
     with nan_fault(engine, step + 1):
-        loss, task_losses, weights = engine(
-            batch, prepared.names, step, weighting, padded=prepared.padded
-        )
+        loss, task_losses, weights = engine(batch, prepared.names, step, weighting, padded=padded)
     engine.backward(loss)
     return task_losses, weights
 
