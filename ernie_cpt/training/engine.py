@@ -186,11 +186,11 @@ def build_engine(
         lr_scheduler=lr_scheduler(train, total_steps),
     )
     make_loads_safe(engine, trust_checkpoint)
-    skip_lone_allreduce(engine, world_size)
+    single_process_fast_paths(engine, world_size)
     return engine
 
 
-def skip_lone_allreduce(engine: Any, world_size: int) -> None:
+def single_process_fast_paths(engine: Any, world_size: int) -> None:
     """One process at ZeRO 0 with a plain fp32 torch optimizer: two of DeepSpeed's per-step
     routines done with fewer operations, with the same bits on CPU (tested; golden losses
     equal; on a GPU the fused norm kernel may round the clipping norm's last bit differently).
