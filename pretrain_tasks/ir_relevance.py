@@ -117,12 +117,19 @@ class PassageIndex:
         own = self.code_of.get(exclude_document)
         if own is not None:
             scores[self.document_codes == own] = 0.0
-        for index in np.argsort(-scores, kind="stable")[:8]:
-            if scores[index] <= 0.0:
-                break
+        for index in top_positive(scores, 8):
             if self.passages[index].strip() != exclude_text.strip():
                 return self.passages[index]
         return None
+
+
+def top_positive(scores: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the (at most) ``k`` highest positive scores, highest first, ties in index
+    order: the first ``k`` of ``np.argsort(-scores, kind="stable")`` that are positive, at
+    the cost of the positives only (a query shares a word with few of the index's up to
+    ``max_index_passages`` passages; sorting them all cost ~3 ms per query at 50,000)."""
+    positive = np.flatnonzero(scores > 0.0)
+    return positive[np.argsort(-scores[positive], kind="stable")[:k]]
 
 
 def draw_examples(

@@ -10,6 +10,7 @@ through ``encoding.encode_texts`` (once per process for texts seen recently).
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -101,10 +102,12 @@ class PackedSegment:
         """Per token: 1-based number of its word in the segment, 0 on special tokens."""
         if "_word_numbers" in self.__dict__:  # computed once: several tasks ask
             return self.__dict__["_word_numbers"]
-        numbers, current = [], 0
-        for start, sentence in zip(self.word_starts, self.sentence_index, strict=True):
-            current += start
-            numbers.append(current if sentence >= 0 else 0)
+        numbers = [
+            number if sentence >= 0 else 0
+            for number, sentence in zip(
+                itertools.accumulate(self.word_starts), self.sentence_index, strict=True
+            )
+        ]
         self.__dict__["_word_numbers"] = numbers
         return numbers
 
@@ -112,17 +115,26 @@ class PackedSegment:
         """(first token position, sentence index, start, end) of every word, in order."""
         if "_words" in self.__dict__:  # computed once: several tasks ask
             return self.__dict__["_words"]
-        starts, sources, offsets = self.word_starts, self.sentence_index, self.offsets
-        firsts = [position for position, start in enumerate(starts) if start]
-        ends = [*firsts[1:], len(starts)]
-        words = []
-        for first, stop in zip(firsts, ends, strict=True):
-            sentence, last = sources[first], stop - 1
-            while last > first and sources[last] != sentence:  # [SEP] or the next sentence
-                last -= 1
-            words.append((first, sentence, offsets[first][0], offsets[last][1]))
+        sources, offsets = self.sentence_index, self.offsets
+        firsts = list(itertools.compress(range(len(self.word_starts)), self.word_starts))
+        lasts = [first - 1 for first in firsts[1:]]
+        lasts.append(len(self.word_starts) - 1)
+        # A word's last token is the one before the next word's first, unless that one
+        # belongs elsewhere ([SEP]): then ``_last_token`` walks back to it.
+        words = [
+            (first, sources[first], offsets[first][0], offsets[last][1])
+            for first, last in zip(firsts, lasts, strict=True)
+            for last in [last if sources[last] == sources[first] else self._last_token(first, last)]
+        ]
         self.__dict__["_words"] = words
         return words
+
+    def _last_token(self, first: int, last: int) -> int:
+        """The last position in ``first..last`` of ``first``'s sentence."""
+        sentence = self.sentence_index[first]
+        while last > first and self.sentence_index[last] != sentence:
+            last -= 1
+        return last
 
 
 def pack_sentences_with_offsets(

@@ -75,17 +75,11 @@ def relation_labels(
     """Per segment, per (normalised) word: 1 if it occurs in another segment, 0 if not,
     IGNORE_INDEX for words without a letter or (optionally) stop words."""
     segments_with = Counter(word for words in segment_words for word in set(words))
-    return [
-        [
-            (
-                int(segments_with[word] > 1)
-                if is_labelled_word(word, ignore_stop_words)
-                else IGNORE_INDEX
-            )
-            for word in words
-        ]
-        for words in segment_words
-    ]
+    label_of = {  # one decision per distinct word of the document
+        word: int(count > 1) if is_labelled_word(word, ignore_stop_words) else IGNORE_INDEX
+        for word, count in segments_with.items()
+    }
+    return [[label_of[word] for word in words] for words in segment_words]
 
 
 def segment_word_texts(segment: PackedSegment, sentences: Sequence[str]) -> list[str]:

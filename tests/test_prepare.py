@@ -121,3 +121,17 @@ def test_trained_vocabulary_ids_are_canonical():
     first, second = vocab(tokens), vocab(shuffled)
     assert first == second
     assert [t for t, _ in sorted(first.items(), key=lambda kv: kv[1])][:5] == SPECIAL_TOKENS
+
+
+def test_rare_full_collections_restores_the_collector() -> None:
+    import gc
+
+    from ernie_cpt.data.prepare import rare_full_collections
+
+    before = gc.get_threshold()
+    frozen = gc.get_freeze_count()
+    with pytest.raises(RuntimeError), rare_full_collections(full_every=500):
+        assert gc.get_threshold() == (before[0], before[1], max(before[2], 500))
+        assert gc.get_freeze_count() > frozen  # what was alive is out of the collector's walk
+        raise RuntimeError("prepare failed")
+    assert gc.get_threshold() == before and gc.get_freeze_count() == frozen

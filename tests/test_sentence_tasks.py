@@ -8,6 +8,7 @@ import random
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -32,6 +33,7 @@ from pretrain_tasks.ir_relevance import (
     PassageIndex,
     read_relevance_data,
     title_and_heading_queries,
+    top_positive,
 )
 from pretrain_tasks.sentence_reordering import (
     SentenceReorderingSettings,
@@ -441,6 +443,14 @@ def test_bm25_index_finds_similar_passage_of_another_document() -> None:
     assert index.best_other("the of and", "paris", "") is None  # stop words only
     assert PassageIndex([], []).best_other("paris", "x", "") is None
     assert PassageIndex(["The.", "Then."], ["a", "b"]).best_other("the then", "a", "") is None
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from([-1.0, 0.0, 0.5, 1.0, 2.0, 3.5]), max_size=40), st.integers(0, 9))
+def test_top_positive_is_the_positive_head_of_a_stable_full_sort(scores, k) -> None:
+    array = np.array(scores, dtype=np.float64)
+    full = [int(i) for i in np.argsort(-array, kind="stable") if array[i] > 0.0][:k]
+    assert top_positive(array, k).tolist() == full  # ties (few distinct values) in index order
 
 
 def test_ir_weak_never_from_same_document(tokenizer) -> None:
