@@ -43,7 +43,7 @@ MEMO_SENTENCES = 8192
 @functools.lru_cache(maxsize=MEMO_SENTENCES)
 def words_with_offsets(text: str) -> tuple[Word, ...]:
     """(word, start, end) for every run of letters/digits in ``text``."""
-    return tuple((m.group(), *m.span()) for m in _WORD.finditer(text))
+    return tuple([(m.group(), m.start(), m.end()) for m in _WORD.finditer(text)])
 
 
 @functools.lru_cache(maxsize=MEMO_SENTENCES)
@@ -88,9 +88,12 @@ def units_from_spans(
             if start < b and a < end:
                 span_of_word[word_of[position]] = (sentence, k)
                 break
+    if not span_of_word:  # every word a unit of its own: units are the word numbers
+        return list(word_of), 0
+    # one unit id per word number (in reading order), then per token: 0 stays 0 (special)
     unit_of: dict[tuple[int, int], int] = {}
-    units = [
-        unit_of.setdefault(span_of_word.get(word, (-1, word)), len(unit_of) + 1) if word else 0
-        for word in word_of
+    unit_of_word = [0] + [
+        unit_of.setdefault(span_of_word.get(word, (-1, word)), len(unit_of) + 1)
+        for word in range(1, max(word_of) + 1)
     ]
-    return units, len(set(span_of_word.values()))
+    return [unit_of_word[word] for word in word_of], len(set(span_of_word.values()))
