@@ -212,14 +212,13 @@ def build_batch(
                 reason = "" if examples else "no_examples"
             except SkipDocument as skip:
                 examples, reason = [], skip.reason
-            mine = owned[name]
-            for example in examples:
-                for column in columns:
-                    out[column].append(example[column] if column in mine else None)
             rows = len(examples) + bool(reason)
-            if reason:
-                for column in columns:
-                    out[column].append(None)
+            for column in columns:  # column by column: C-level extends, not cell appends
+                if column in owned[name]:
+                    out[column] += [example[column] for example in examples]
+                    out[column] += [None] * bool(reason)
+                else:
+                    out[column] += [None] * rows
             out[TASK_COLUMN] += [name] * rows
             out[SKIP_COLUMN] += [""] * len(examples) + ([reason] if reason else [])
     return out
