@@ -660,3 +660,75 @@ def test_random_documents(paragraphs, max_len, seed, tokenizer, corpus_view):
                 assert index[: len(labelled)].tolist() == labelled
                 assert targets[: len(labelled)].tolist() == flat[labelled].tolist()
                 assert set(targets[len(labelled) :].tolist()) <= {IGNORE_INDEX}
+
+
+def _reference_words(segment) -> list[tuple[int, int, int, int]]:
+    """``PackedSegment.words`` as first written: walk back from the next word's first token."""
+    starts, sources, offsets = segment.word_starts, segment.sentence_index, segment.offsets
+    firsts = [position for position, start in enumerate(starts) if start]
+    words = []
+    for first, stop in zip(firsts, [*firsts[1:], len(starts)], strict=True):
+        last = stop - 1
+        while last > first and sources[last] != sources[first]:
+            last -= 1
+        words.append((first, sources[first], offsets[first][0], offsets[last][1]))
+    return words
+
+
+def _reference_units(segment, spans_per_sentence) -> tuple[list[int], int]:
+    """``units_from_spans`` as first written: one unit id per token, in reading order."""
+    numbers, current = [], 0
+    for start, sentence in zip(segment.word_starts, segment.sentence_index, strict=True):
+        current += start
+        numbers.append(current if sentence >= 0 else 0)
+    span_of_word = {}
+    for position, sentence in enumerate(segment.sentence_index):
+        if sentence < 0 or numbers[position] in span_of_word:
+            continue
+        start, end = segment.offsets[position]
+        for k, (a, b) in enumerate(spans_per_sentence[sentence]):
+            if start < b and a < end:
+                span_of_word[numbers[position]] = (sentence, k)
+                break
+    unit_of: dict = {}
+    units = [
+        unit_of.setdefault(span_of_word.get(word, (-1, word)), len(unit_of) + 1) if word else 0
+        for word in numbers
+    ]
+    return units, len(set(span_of_word.values()))
+
+
+@st.composite
+def packed_segments(draw):
+    """A [CLS] ... [SEP] segment of 1-4 sentences, each a run of words of 1-3 sub-tokens with
+    contiguous character offsets, and per sentence sorted non-overlapping character spans."""
+    from pretrain_tasks.packing import PackedSegment
+
+    starts, sources, offsets, spans = [0], [-1], [(0, 0)], []
+    for sentence in range(draw(st.integers(1, 4))):
+        position = 0
+        for _ in range(draw(st.integers(1, 6))):
+            position += draw(st.integers(0, 1))  # a space before the word, or none
+            for piece in range(draw(st.integers(1, 3))):
+                width = draw(st.integers(1, 4))
+                starts.append(int(piece == 0))
+                sources.append(sentence)
+                offsets.append((position, position + width))
+                position += width
+        cuts = sorted(draw(st.lists(st.integers(0, position), max_size=6, unique=True)))
+        spans.append([(a, b) for a, b in zip(cuts[::2], cuts[1::2], strict=False) if a < b])
+    starts.append(0)
+    sources.append(-1)
+    offsets.append((0, 0))
+    return PackedSegment([5] * len(starts), starts, sources, offsets), spans
+
+
+@settings(max_examples=300, deadline=None)
+@given(packed_segments())
+def test_words_and_units_equal_the_token_by_token_definitions(case):
+    segment, spans = case
+    assert segment.words() == _reference_words(segment)
+    assert units_from_spans(segment, spans) == _reference_units(segment, spans)
+    assert units_from_spans(segment, [[] for _ in spans]) == _reference_units(
+        segment, [[] for _ in spans]
+    )
