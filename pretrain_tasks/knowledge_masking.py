@@ -55,6 +55,7 @@ import random
 import re
 from collections import Counter
 from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -161,18 +162,26 @@ def mine_collocations(
 
 
 def find_phrase_spans(
-    text: str, phrases: Collection[tuple[str, ...]], lengths: Sequence[int] | None = None
+    text: str,
+    phrases: Collection[tuple[str, ...]],
+    lengths: Sequence[int] | None = None,
+    firsts: AbstractSet[str] | None = None,
 ) -> list[Span]:
     """Non-overlapping spans of ``text`` whose lower-cased words form one of ``phrases``
-    (``lengths``: the phrases' word counts, longest first, when the caller has them)."""
+    (``lengths``: the phrases' word counts, longest first, and ``firsts``: the set of their
+    first words, when the caller has them)."""
     if lengths is None:
         lengths = sorted({len(p) for p in phrases}, reverse=True)
+    if firsts is None:  # only these words can start a match
+        firsts = {phrase[0] for phrase in phrases}
     spans = []
     for run in word_runs(text):
         lowered = [w.lower() for w, _, _ in run]
+        if firsts.isdisjoint(lowered):
+            continue
         for n in lengths:
             for i in range(len(run) - n + 1):
-                if tuple(lowered[i : i + n]) in phrases:
+                if lowered[i] in firsts and tuple(lowered[i : i + n]) in phrases:
                     spans.append((run[i][1], run[i + n - 1][2]))
     return select_non_overlapping(spans)
 
@@ -393,9 +402,10 @@ class KnowledgeMaskingTask(AttachingCollate):
             )
         )
         lengths = sorted({len(p) for p in phrases}, reverse=True)
+        firsts = {p[0] for p in phrases}
         out = []
         for sentence in sentences:
-            spans = find_phrase_spans(sentence, phrases, lengths) if phrases else []
+            spans = find_phrase_spans(sentence, phrases, lengths, firsts) if phrases else []
             if self.phrase_gazetteer is not None:
                 spans += self.phrase_gazetteer.find(sentence)
             out.append(select_non_overlapping(spans))
