@@ -161,19 +161,20 @@ def mine_collocations(
     return sorted(found)
 
 
+def phrase_index(phrases: Collection[tuple[str, ...]]) -> tuple[list[int], set[str]]:
+    """What ``find_phrase_spans`` looks ``phrases`` up by: their word counts, longest first,
+    and their first words (only these can start a match)."""
+    return sorted({len(p) for p in phrases}, reverse=True), {p[0] for p in phrases}
+
+
 def find_phrase_spans(
     text: str,
     phrases: Collection[tuple[str, ...]],
-    lengths: Sequence[int] | None = None,
-    firsts: AbstractSet[str] | None = None,
+    index: tuple[Sequence[int], AbstractSet[str]] | None = None,
 ) -> list[Span]:
     """Non-overlapping spans of ``text`` whose lower-cased words form one of ``phrases``
-    (``lengths``: the phrases' word counts, longest first, and ``firsts``: the set of their
-    first words, when the caller has them)."""
-    if lengths is None:
-        lengths = sorted({len(p) for p in phrases}, reverse=True)
-    if firsts is None:  # only these words can start a match
-        firsts = {phrase[0] for phrase in phrases}
+    (``index``: their ``phrase_index``, when the caller has it)."""
+    lengths, firsts = index if index is not None else phrase_index(phrases)
     spans = []
     for run in word_runs(text):
         lowered = [w.lower() for w, _, _ in run]
@@ -401,11 +402,10 @@ class KnowledgeMaskingTask(AttachingCollate):
                 max_words=s.phrase_max_words,
             )
         )
-        lengths = sorted({len(p) for p in phrases}, reverse=True)
-        firsts = {p[0] for p in phrases}
+        index = phrase_index(phrases)
         out = []
         for sentence in sentences:
-            spans = find_phrase_spans(sentence, phrases, lengths, firsts) if phrases else []
+            spans = find_phrase_spans(sentence, phrases, index) if phrases else []
             if self.phrase_gazetteer is not None:
                 spans += self.phrase_gazetteer.find(sentence)
             out.append(select_non_overlapping(spans))
