@@ -1,10 +1,14 @@
-"""Golden losses: the per-step losses of a short fixed-seed CPU run, checked exactly.
+"""Golden losses: the per-step losses of a short fixed-seed CPU run, checked to 1e-5.
 
 The run: the tiny model, ``multitask`` over mlm, knowledge_masking (token-level) and
 sentence_distance (sentence-level, so its steps carry one masking task's labels too),
 4 iterations each = 12 steps, one torch thread, no evaluation. Any change to data
 preparation, masking, the model, the loss, the optimizer or the schedule's task order
-changes these numbers.
+changes these numbers. The steps' tasks and loss names are compared exactly, the losses to
+a relative 1e-5: fp32 matrix kernels are not bitwise alike across CPU types (AVX2 and
+AVX-512 sum in different orders), and on an AMD EPYC with AVX-512 step 10 of the file
+recorded elsewhere came out 1.1e-7 (relative) apart, steps 1-9 bitwise equal. A changed
+batch, masking draw, loss or update moves a loss by orders of magnitude more.
 
 When a change is *meant* to alter them, regenerate the file and commit it with the change:
 
@@ -64,4 +68,10 @@ def test_golden_losses(tmp_path, cache_dir):
     # the config's order (yaml.safe_dump sorts keys: knowledge_masking before mlm)
     assert any(sorted(s["losses"]) == ["knowledge_masking", "sentence_distance"] for s in steps)
     assert not any(len(s["losses"]) == 3 for s in steps)
-    assert steps == golden["steps"]  # exact: float equality after the JSON round trip
+    want = golden["steps"]
+    assert [(s["task"], sorted(s["losses"])) for s in steps] == [
+        (s["task"], sorted(s["losses"])) for s in want
+    ]
+    for got, expected in zip(steps, want, strict=True):
+        for task, loss in expected["losses"].items():
+            assert got["losses"][task] == pytest.approx(loss, rel=1e-5, abs=0), (got, expected)
