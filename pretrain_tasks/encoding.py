@@ -12,12 +12,24 @@ per-call work is skipped.
 Results equal the transformers tokenizer's own, ``tokenizer(texts, add_special_tokens=
 False, return_offsets_mapping=True)``: the encoder uses a copy of the same backend with
 truncation and padding switched off (a ``tokenizer.json`` may carry either), and the tests
-compare both on the built-in sample and on awkward text. ``pair_lengths`` reproduces the
+compare both on the built-in sample and on awkward text.
+
+Character offsets cost the backend ~30% of its time (it tracks every normalisation
+alignment) and their conversion to Python more. Callers that do not need them say so
+(``offsets=False``: MLM packing, sentence pairs, reordering); while no caller of the process
+has asked for offsets, a BERT-style tokenizer (a WordPiece model with a continuation prefix
+under the BERT pre-tokenizer) is then run through ``encode_batch_fast`` and word starts are
+read from the ids (a word starts on every token that is not a continuation piece: the BERT
+pre-tokenizer splits every punctuation character off, so no word can begin with the
+prefix). The first request for offsets switches the process's encoder to full encodings for
+good (texts remembered without offsets are encoded again when asked for them), so a run of
+word-aware tasks tokenizes each text once; other tokenizers always take the full path. ``pair_lengths`` reproduces the
 backend's ``longest_first`` pair truncation, so ``encode_pair`` needs no second call.
 """
 
 from __future__ import annotations
 
+import json
 import weakref
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -35,7 +47,8 @@ class EncodedText:
 
     ids: tuple[int, ...]
     word_starts: tuple[int, ...]  # 1 on the first sub-token of each word
-    offsets: tuple[tuple[int, int], ...]  # character span of each token in the text
+    # character span of each token in the text; None when encoded without them
+    offsets: tuple[tuple[int, int], ...] | None
 
 
 def word_starts_from(word_ids: Sequence[int | None]) -> list[int]:
@@ -65,27 +78,73 @@ class TextEncoder:
         self.memo: OrderedDict[str, EncodedText] = OrderedDict()
         self.packed: OrderedDict[Any, Any] = OrderedDict()  # recent packings (``packing``)
         self.encoded = 0  # texts sent to the backend (the rest came from the memo)
+        # per id: 1 if the token starts a word (BERT-style tokenizers only, else None)
+        self.starts_word = word_start_table(self.backend)
+        # full encodings (with offsets) for every text once any caller has wanted offsets
+        self.offsets_wanted = self.starts_word is None
 
-    def encode(self, texts: Sequence[str]) -> list[EncodedText]:
-        """Each text's encoding, in order; texts not in the memo go to the backend in one batch."""
-        found = {text: self.memo[text] for text in texts if text in self.memo}
+    def encode(self, texts: Sequence[str], offsets: bool = True) -> list[EncodedText]:
+        """Each text's encoding, in order; texts not in the memo go to the backend in one
+        batch. ``offsets=False``: the caller reads ids and word starts only (``offsets`` may
+        then be None)."""
+        self.offsets_wanted |= offsets
+        memo = self.memo
+        found = {
+            text: memo[text]
+            for text in texts
+            if text in memo and (not offsets or memo[text].offsets is not None)
+        }
         missing = [text for text in dict.fromkeys(texts) if text not in found]
         if missing:
             self.encoded += len(missing)
-            batch = self.backend.encode_batch(missing, add_special_tokens=False)
-            for text, encoding in zip(missing, batch, strict=True):
-                found[text] = EncodedText(
-                    tuple(encoding.ids),
-                    tuple(word_starts_from(encoding.word_ids)),
-                    tuple(encoding.offsets),
-                )
-                self._remember(text, found[text])
+            encode = self._encode_full if self.offsets_wanted else self._encode_fast
+            for text, encoded in zip(missing, encode(missing), strict=True):
+                found[text] = encoded
+                self._remember(text, encoded)
         return [found[text] for text in texts]
 
+    def _encode_full(self, texts: list[str]) -> list[EncodedText]:
+        return [
+            EncodedText(
+                tuple(encoding.ids),
+                tuple(word_starts_from(encoding.word_ids)),
+                tuple(encoding.offsets),
+            )
+            for encoding in self.backend.encode_batch(texts, add_special_tokens=False)
+        ]
+
+    def _encode_fast(self, texts: list[str]) -> list[EncodedText]:
+        starts = self.starts_word
+        assert starts is not None  # only chosen for tokenizers that have the table
+        batch = self.backend.encode_batch_fast(texts, add_special_tokens=False)
+        return [
+            EncodedText(ids, tuple([starts[i] for i in ids]), None)
+            for ids in (tuple(encoding.ids) for encoding in batch)
+        ]
+
     def _remember(self, text: str, encoded: EncodedText) -> None:
+        self.memo.pop(text, None)  # an entry without offsets, encoded again with them
         if len(self.memo) >= self.capacity:
             self.memo.popitem(last=False)
         self.memo[text] = encoded
+
+
+def word_start_table(backend: Any) -> bytes | None:
+    """Per token id: 1 if the token starts a word, 0 if it is a continuation piece; None
+    unless the backend is a WordPiece model with a continuation prefix under the BERT
+    pre-tokenizer (there, and only there, the ids alone tell where words start)."""
+    spec = json.loads(backend.to_str())
+    model, pre = spec.get("model") or {}, spec.get("pre_tokenizer") or {}
+    prefix = model.get("continuing_subword_prefix")
+    if model.get("type") != "WordPiece" or pre.get("type") != "BertPreTokenizer" or not prefix:
+        return None
+    vocab = backend.get_vocab(with_added_tokens=True)
+    table = bytearray(max(vocab.values(), default=-1) + 1)
+    for token, index in vocab.items():
+        table[index] = not token.startswith(prefix)
+    for index in backend.get_added_tokens_decoder():  # added tokens are words of their own
+        table[index] = 1
+    return bytes(table)
 
 
 _ENCODERS: weakref.WeakKeyDictionary[Any, TextEncoder] = weakref.WeakKeyDictionary()
@@ -99,10 +158,11 @@ def encoder_for(tokenizer: Any) -> TextEncoder:
     return encoder
 
 
-def encode_texts(tokenizer: Any, texts: Sequence[str]) -> list[EncodedText]:
+def encode_texts(tokenizer: Any, texts: Sequence[str], offsets: bool = True) -> list[EncodedText]:
     """Each text's tokens without special tokens, as ``tokenizer(texts,
-    add_special_tokens=False, return_offsets_mapping=True)`` gives them, through the memo."""
-    return encoder_for(tokenizer).encode(texts)
+    add_special_tokens=False, return_offsets_mapping=True)`` gives them, through the memo
+    (``offsets=False``: the caller does not read the offsets, which may then be None)."""
+    return encoder_for(tokenizer).encode(texts, offsets)
 
 
 def pair_lengths(first: int, second: int, room: int) -> tuple[int, int]:

@@ -36,10 +36,10 @@ def encode_pair(
     empty ``second`` is no pair, as there); each text's tokens come from the shared memo."""
     cls_id, sep_id = tokenizer.cls_token_id, tokenizer.sep_token_id
     if not second:
-        (a,) = encode_texts(tokenizer, [first])
+        (a,) = encode_texts(tokenizer, [first], offsets=False)
         keep = max(0, max_length - 2)
         return _segment(list(a.ids[:keep]), list(a.word_starts[:keep]), cls_id, sep_id)
-    a, b = encode_texts(tokenizer, [first, second])
+    a, b = encode_texts(tokenizer, [first, second], offsets=False)
     keep_a, keep_b = pair_lengths(len(a.ids), len(b.ids), max(0, max_length - 3))
     return {
         "input_ids": [cls_id, *a.ids[:keep_a], sep_id, *b.ids[:keep_b], sep_id],
@@ -61,7 +61,7 @@ def pack_sentences(
     segments: list[dict[str, list[int]]] = []
     ids: list[int] = []
     starts: list[int] = []
-    for encoded in encode_texts(tokenizer, sentences):
+    for encoded in encode_texts(tokenizer, sentences, offsets=False):
         s_ids = encoded.ids[:room]
         if ids and len(ids) + len(s_ids) > room:
             segments.append(_segment(ids, starts, cls_id, sep_id))

@@ -211,7 +211,7 @@ class SentenceReorderingTask(SentenceClassification):
                 continue
             units = [
                 (encoded.ids, encoded.word_starts)
-                for encoded in encode_texts(self.tokenizer, paragraph.sentences)
+                for encoded in encode_texts(self.tokenizer, paragraph.sentences, offsets=False)
                 if encoded.ids  # a sentence with no tokens would make an empty segment
             ]
             for start, end in sentence_windows([len(ids) for ids, _ in units], budget):

@@ -19,7 +19,7 @@ from ernie_cpt.data.prepare import (
 from ernie_cpt.data.segmentation import segment_text
 from ernie_cpt.data.tokenization import train_wordpiece
 from pretrain_tasks import build_task
-from pretrain_tasks.encoding import TextEncoder, encoder_for, pair_lengths
+from pretrain_tasks.encoding import TextEncoder, encoder_for, pair_lengths, word_start_table
 from pretrain_tasks.packing import encode_pair, word_starts_from
 
 AWKWARD = [
@@ -64,6 +64,54 @@ def test_encoder_equals_the_transformers_tokenizer(which, request):
         assert list(got.ids) == reference["input_ids"][i], texts[i]
         assert [tuple(o) for o in got.offsets] == [tuple(o) for o in reference["offset_mapping"][i]]
         assert list(got.word_starts) == word_starts_from(reference.word_ids(i)), texts[i]
+
+
+@pytest.mark.parametrize("which", ["tokenizer", "cased_tokenizer"])
+def test_encoding_without_offsets_equals_the_transformers_tokenizer(which, request):
+    """BERT-style tokenizers take ``encode_batch_fast``: word starts read from the ids."""
+    tokenizer = request.getfixturevalue(which)
+    texts = sample_sentences() + AWKWARD + ["##ab ### x##y", "hello[UNK]world [SEP]##"]
+    reference = tokenizer(texts, add_special_tokens=False)
+    encoder = TextEncoder(tokenizer, capacity=100)
+    assert encoder.starts_word is not None and not encoder.offsets_wanted
+    for i, got in enumerate(encoder.encode(texts, offsets=False)):
+        assert got.offsets is None  # the fast path was taken
+        assert list(got.ids) == reference["input_ids"][i], texts[i]
+        assert list(got.word_starts) == word_starts_from(reference.word_ids(i)), texts[i]
+
+
+def test_the_first_request_for_offsets_switches_to_full_encodings(tokenizer):
+    encoder = TextEncoder(tokenizer)
+    (fast,) = encoder.encode(["the quick brown fox"], offsets=False)
+    (full,) = encoder.encode(["the quick brown fox"])  # remembered without offsets: again
+    reference = tokenizer(
+        "the quick brown fox", add_special_tokens=False, return_offsets_mapping=True
+    )
+    assert fast.offsets is None and list(full.offsets) == reference["offset_mapping"]
+    assert (fast.ids, fast.word_starts) == (full.ids, full.word_starts)
+    assert encoder.encoded == 2 and encoder.offsets_wanted
+    assert encoder.encode(["the quick brown fox"], offsets=False) == [full]  # from the memo
+    (later,) = encoder.encode(["over the lazy dog"], offsets=False)
+    assert later.offsets is not None  # every text full from now on: each encoded once
+
+
+def test_other_tokenizers_always_take_the_full_path(tokenizer):
+    """Under a pre-tokenizer that keeps '#' in words a word may begin with the prefix:
+    the ids alone no longer tell word starts, so there is no table and no fast path."""
+    from tokenizers import Tokenizer, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+    assert word_start_table(backend) is not None
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    assert word_start_table(backend) is None
+    other = PreTrainedTokenizerFast(tokenizer_object=backend)
+    encoder = TextEncoder(other)
+    texts = ["##ab ### x##y", "the quick brown fox"]
+    reference = other(texts, add_special_tokens=False)
+    for i, got in enumerate(encoder.encode(texts, offsets=False)):
+        assert got.offsets is not None and list(got.ids) == reference["input_ids"][i]
+        assert list(got.word_starts) == word_starts_from(reference.word_ids(i))
 
 
 def test_truncation_or_padding_in_the_backend_is_ignored(tokenizer):
@@ -141,6 +189,8 @@ def test_one_pass_tokenizes_each_sentence_once_and_builds_what_single_tasks_buil
     names = ["mlm", "capitalization", "knowledge_masking", "sentence_reordering"]
     tasks = {n: build_task(n, {}, tokenizer, 48) for n in names}
     encoder_for(tokenizer).memo.clear()
+    # as after a process's first document (before it, MLM's texts went without offsets)
+    encoder_for(tokenizer).offsets_wanted = True
     before = encoder_for(tokenizer).encoded
     mapped = build_split(tasks, rows, pool, 5, 1, "test-all")
     distinct = {s for d in documents for s in d.sentences()}
