@@ -75,18 +75,18 @@ def units_from_spans(
     """(unit id per token, number of spans present) for one segmentation level.
 
     Every word touched by a span joins that span's unit; every other word is a unit by
-    itself; special tokens get 0. Unit ids are numbered 1.. in reading order.
+    itself; special tokens get 0. Unit ids are numbered 1.. in reading order. Each
+    sentence's spans are sorted and non-overlapping (as ``select_non_overlapping`` gives):
+    a word then touches the first span its character range overlaps, the same one its
+    first overlapping token touches, so one test per word does (``segment.words()``, which
+    the other word-aware tasks ask for too) rather than one per token.
     """
     word_of = segment.word_numbers()
     span_of_word: dict[int, tuple[int, int]] = {}
-    offsets = segment.offsets
-    for position, sentence in enumerate(segment.sentence_index):
-        if sentence < 0 or not spans_per_sentence[sentence] or word_of[position] in span_of_word:
-            continue
-        start, end = offsets[position]
+    for number, (_, sentence, start, end) in enumerate(segment.words(), start=1):
         for k, (a, b) in enumerate(spans_per_sentence[sentence]):
             if start < b and a < end:
-                span_of_word[word_of[position]] = (sentence, k)
+                span_of_word[number] = (sentence, k)
                 break
     if not span_of_word:  # every word a unit of its own: units are the word numbers
         return list(word_of), 0
