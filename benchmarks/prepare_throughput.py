@@ -6,7 +6,8 @@ process with a fresh cache for each (corpus size, task set) pair and reads the c
 time and peak RSS from ``os.wait4``. MB are megabytes (10^6 bytes) of the corpus file;
 "per core" divides by the child's user + system CPU seconds, so other load on a shared
 machine disturbs it less than wall time. Prints a table, then the ratios against the
-targets of issue 10. Never run as a timed test.
+targets of issue 10, and the rate of the megabytes between the two sizes (what a corpus
+adds per MB once the fixed start-up costs are paid). Never run as a timed test.
 
     python benchmarks/prepare_throughput.py                     # 1x and 4x the sample
     python benchmarks/prepare_throughput.py --copies 16,64 --tasks all
@@ -136,20 +137,22 @@ def _sample_rss(pid: int, peaks: dict[str, int]) -> None:
         time.sleep(0.05)
 
 
-def tokenizer_rate(corpus: Path, tokenizer: Path) -> float:
+def tokenizer_rate(corpus: Path, tokenizer: Path, method: str = "encode_batch") -> float:
     """MB/s per core of the tokenizer alone on the corpus texts (the tokenizers library's
     Rust WordPiece: normalizer, pre-tokenizer, model; one thread, CPU seconds of the encode
-    calls only): the ceiling of any preparation that tokenizes the text once."""
+    calls only): the ceiling of any preparation that tokenizes the text once.
+    ``method``: ``encode_batch`` (with character offsets, as the word-aware tasks need) or
+    ``encode_batch_fast`` (ids only, as MLM and the sentence tasks take them)."""
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one thread, as prepare's one worker
     from tokenizers import Tokenizer
 
-    backend = Tokenizer.from_file(str(tokenizer / "tokenizer.json"))
+    encode = getattr(Tokenizer.from_file(str(tokenizer / "tokenizer.json")), method)
     seconds = 0.0
     with corpus.open(encoding="utf-8") as handle:
         texts = (json.loads(line)["text"] for line in handle)
         while batch := list(itertools.islice(texts, 64)):
             started = time.process_time()
-            backend.encode_batch(batch, add_special_tokens=False)
+            encode(batch, add_special_tokens=False)
             seconds += time.process_time() - started
     return corpus.stat().st_size / 1e6 / seconds
 
@@ -208,10 +211,17 @@ def main(argv: list[str] | None = None) -> int:
                 )
         if tokenizer is not None:
             ceiling = tokenizer_rate(corpus, tokenizer)
-            print(f"tokenizer alone on the x{copies[-1]} corpus: {ceiling:.3f} MB/s per core")
+            fast = tokenizer_rate(corpus, tokenizer, "encode_batch_fast")
+            print(
+                f"tokenizer alone on the x{copies[-1]} corpus: {ceiling:.3f} MB/s per core with "
+                f"offsets, {fast:.3f} without (ids only)"
+            )
             for name in task_sets:
                 rate = results[(name, copies[-1])]["mb_per_core_s"]
-                print(f"{name}: {rate / ceiling:.2f}x the tokenizer-alone rate")
+                print(
+                    f"{name}: {rate / ceiling:.2f}x the tokenizer-alone rate with offsets, "
+                    f"{rate / fast:.2f}x without"
+                )
     print_ratios(results, copies, task_sets)
     return 0
 
@@ -226,6 +236,10 @@ def print_ratios(
         print(f"{name}: {rate:.3f} MB/s per core at the larger size (target >= {target})")
         if len(copies) >= 2:
             small, large = results[(name, copies[0])], results[(name, copies[-1])]
+            extra_cpu = large["cpu_s"] - small["cpu_s"]
+            if extra_cpu > 0:  # fixed costs (interpreter, imports, set-up) cancel out
+                marginal = (large["mb"] - small["mb"]) / extra_cpu
+                print(f"{name}: {marginal:.3f} MB/s per core for the MB between the two sizes")
             ratio = large["peak_rss_mb"] / small["peak_rss_mb"]
             scale = large["mb"] / small["mb"]
             print(
