@@ -132,11 +132,14 @@ class TextEncoder:
 def word_start_table(backend: Any) -> bytes | None:
     """Per token id: 1 if the token starts a word, 0 if it is a continuation piece; None
     unless the backend is a WordPiece model with a continuation prefix under the BERT
-    pre-tokenizer (there, and only there, the ids alone tell where words start)."""
+    pre-tokenizer (there, and only there, the ids alone tell where words start) and has
+    ``encode_batch_fast``."""
     spec = json.loads(backend.to_str())
     model, pre = spec.get("model") or {}, spec.get("pre_tokenizer") or {}
     prefix = model.get("continuing_subword_prefix")
     if model.get("type") != "WordPiece" or pre.get("type") != "BertPreTokenizer" or not prefix:
+        return None
+    if not hasattr(backend, "encode_batch_fast"):  # (0.20.3, our oldest allowed, has it)
         return None
     vocab = backend.get_vocab(with_added_tokens=True)
     table = bytearray(max(vocab.values(), default=-1) + 1)

@@ -208,7 +208,9 @@ def find_capitalised_entities(
             if word[0] and _capitalised(word[0]):
                 current.append(word)
                 continue
-            if word[0] in NAME_PARTICLES and current:
+            if not current:  # nothing to close (most words): skip the checks below
+                continue
+            if word[0] in NAME_PARTICLES:
                 current.append(word)
                 continue
             while current and current[-1][0] in NAME_PARTICLES:
