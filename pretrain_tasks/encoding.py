@@ -23,8 +23,10 @@ read from the ids (a word starts on every token that is not a continuation piece
 pre-tokenizer splits every punctuation character off, so no word can begin with the
 prefix). The first request for offsets switches the process's encoder to full encodings for
 good (texts remembered without offsets are encoded again when asked for them), so a run of
-word-aware tasks tokenizes each text once; other tokenizers always take the full path. ``pair_lengths`` reproduces the
-backend's ``longest_first`` pair truncation, so ``encode_pair`` needs no second call.
+word-aware tasks tokenizes each text once; other tokenizers always take the full path.
+
+``pair_lengths`` reproduces the backend's ``longest_first`` pair truncation, so
+``encode_pair`` needs no second call.
 """
 
 from __future__ import annotations
@@ -139,12 +141,12 @@ def word_start_table(backend: Any) -> bytes | None:
     prefix = model.get("continuing_subword_prefix")
     if model.get("type") != "WordPiece" or pre.get("type") != "BertPreTokenizer" or not prefix:
         return None
-    if not hasattr(backend, "encode_batch_fast"):  # (0.20.3, our oldest allowed, has it)
+    if not hasattr(backend, "encode_batch_fast"):  # a build without it (0.20.3 has it)
         return None
     vocab = backend.get_vocab(with_added_tokens=True)
     table = bytearray(max(vocab.values(), default=-1) + 1)
     for token, index in vocab.items():
-        table[index] = not token.startswith(prefix)
+        table[index] = 0 if token.startswith(prefix) else 1
     for index in backend.get_added_tokens_decoder():  # added tokens are words of their own
         table[index] = 1
     return bytes(table)

@@ -1,12 +1,12 @@
 """Masked language modelling with whole-word masking: the BERT baseline (Devlin et al. 2019, 3.1).
 
-Examples are packed runs of consecutive sentences (``packing.pack_sentences``). Masking is dynamic (drawn anew in every
-batch by the collator, vectorised): each word is chosen with probability
-``mask_probability``; all sub-tokens of a chosen word get one action, 80% [MASK] / 10%
-random token / 10% kept. The loss is computed on masked positions only, through a head
-whose decoder is tied to the word embeddings. Masking, head and loss live in ``masking``,
-shared with the other masking tasks; positions another masking task already masked in the
-same batch are left alone (``masking.MASKED_POSITIONS``).
+Examples are packed runs of consecutive sentences (``packing.pack_sentences``). Masking is
+dynamic (drawn anew in every batch by the collator, vectorised): each word is chosen with
+probability ``mask_probability``; all sub-tokens of a chosen word get one action, 80%
+[MASK] / 10% random token / 10% kept. The loss is computed on masked positions only,
+through a head whose decoder is tied to the word embeddings. Masking, head and loss live in
+``masking``, shared with the other masking tasks; positions another masking task already
+masked in the same batch are left alone (``masking.MASKED_POSITIONS``).
 """
 
 from __future__ import annotations
