@@ -31,7 +31,6 @@ word-aware tasks tokenizes each text once; other tokenizers always take the full
 
 from __future__ import annotations
 
-import json
 import weakref
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -136,11 +135,14 @@ def word_start_table(backend: Any) -> bytes | None:
     unless the backend is a WordPiece model with a continuation prefix under the BERT
     pre-tokenizer (there, and only there, the ids alone tell where words start) and has
     ``encode_batch_fast``."""
-    spec = json.loads(backend.to_str())
-    model, pre = spec.get("model") or {}, spec.get("pre_tokenizer") or {}
-    prefix = model.get("continuing_subword_prefix")
-    if model.get("type") != "WordPiece" or pre.get("type") != "BertPreTokenizer" or not prefix:
+    from tokenizers import models, pre_tokenizers
+
+    model = backend.model
+    if not isinstance(model, models.WordPiece) or not model.continuing_subword_prefix:
         return None
+    if not isinstance(backend.pre_tokenizer, pre_tokenizers.BertPreTokenizer):
+        return None
+    prefix = model.continuing_subword_prefix
     if not hasattr(backend, "encode_batch_fast"):  # a build without it (0.20.3 has it)
         return None
     vocab = backend.get_vocab(with_added_tokens=True)
