@@ -19,7 +19,13 @@ from ernie_cpt.data.prepare import (
 from ernie_cpt.data.segmentation import segment_text
 from ernie_cpt.data.tokenization import train_wordpiece
 from pretrain_tasks import build_task
-from pretrain_tasks.encoding import TextEncoder, encoder_for, pair_lengths, word_start_table
+from pretrain_tasks.encoding import (
+    PlainRoute,
+    TextEncoder,
+    encoder_for,
+    pair_lengths,
+    word_start_table,
+)
 from pretrain_tasks.packing import encode_pair, word_starts_from
 
 AWKWARD = [
@@ -78,6 +84,64 @@ def test_encoding_without_offsets_equals_the_transformers_tokenizer(which, reque
         assert got.offsets is None  # the fast path was taken
         assert list(got.ids) == reference["input_ids"][i], texts[i]
         assert list(got.word_starts) == word_starts_from(reference.word_ids(i)), texts[i]
+
+
+ASCII_TEXTS = [
+    "The Quick Brown FOX",
+    "[mask] and [MASK] and [Mask] and [cls]",  # added tokens: the normal path
+    "ctrl\x01char del\x7fchar",  # control characters: the normal path
+    "tab\tin ascii",
+    "100% of $5 -- 'quoted' \"double\" `back` ~tilde^ {x}|<y> a_b #1 @me",
+    "A" * 150 + " LONG word",
+]
+
+
+def assert_same_as_transformers(tokenizer, texts, encoded, offsets):
+    reference = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
+    for i, got in enumerate(encoded):
+        assert list(got.ids) == reference["input_ids"][i], texts[i]
+        assert list(got.word_starts) == word_starts_from(reference.word_ids(i)), texts[i]
+        if offsets:
+            assert [tuple(o) for o in got.offsets] == [
+                tuple(o) for o in reference["offset_mapping"][i]
+            ], texts[i]
+
+
+@pytest.mark.parametrize("which", ["tokenizer", "cased_tokenizer"])
+@pytest.mark.parametrize("offsets", [True, False])
+def test_printable_ascii_skips_the_normalizer_with_the_same_result(which, offsets, request):
+    tokenizer = request.getfixturevalue(which)
+    texts = ASCII_TEXTS + sample_sentences(600) + AWKWARD
+    encoder = TextEncoder(tokenizer)
+    assert encoder.plain is not None
+    assert_same_as_transformers(tokenizer, texts, encoder.encode(texts, offsets), offsets)
+    plain = {t for t in texts if t.isascii() and t.isprintable() and "[" not in t}  # distinct
+    assert encoder.plain.texts == len(plain) > 500  # the route was taken, by those only
+    assert "[mask] and [MASK] and [Mask] and [cls]" not in plain
+
+
+def test_texts_that_could_hold_added_tokens_keep_the_normalizer(tokenizer):
+    """Added tokens beginning with letters: texts with those letters (either case) take
+    the normal path, so normalised and raw matching of the added tokens is unchanged."""
+    from tokenizers import AddedToken, Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+    backend.add_tokens([AddedToken("Zeta", normalized=True), AddedToken("OMEGA", normalized=False)])
+    other = PreTrainedTokenizerFast(tokenizer_object=backend)
+    texts = ["zeta Zeta ZETA", "OMEGA omega Omega", "a zebra at the zoo", "plain text"]
+    encoder = TextEncoder(other)
+    assert_same_as_transformers(other, texts, encoder.encode(texts), offsets=True)
+    assert encoder.plain is not None and encoder.plain.texts == 1  # "plain text" only
+
+
+def test_other_normalizers_take_no_plain_route(tokenizer):
+    from tokenizers import Tokenizer, normalizers
+
+    backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+    assert PlainRoute.of(backend) is not None
+    backend.normalizer = normalizers.Sequence([normalizers.NFD(), normalizers.Lowercase()])
+    assert PlainRoute.of(backend) is None
 
 
 def test_the_first_request_for_offsets_switches_to_full_encodings(tokenizer):
