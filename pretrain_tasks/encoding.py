@@ -119,8 +119,7 @@ class TextEncoder:
 
     def _encode_full(self, texts: list[str]) -> list[EncodedText]:
         batch = self._backend_encodings(texts, "encode_batch")
-        starts = self.starts_word
-        if starts is None:
+        if self.starts_word is None:
             return [
                 EncodedText(
                     tuple(encoding.ids),
@@ -129,20 +128,22 @@ class TextEncoder:
                 )
                 for encoding in batch
             ]
-        # BERT-style: word starts read from the ids, as on the fast path (no word ids)
-        return [
-            EncodedText(ids, tuple([starts[i] for i in ids]), tuple(encoding.offsets))
-            for encoding in batch
-            for ids in [tuple(encoding.ids)]
-        ]
+        return self._starts_from_table(batch, offsets=True)  # BERT-style, as the fast path
 
     def _encode_fast(self, texts: list[str]) -> list[EncodedText]:
+        return self._starts_from_table(self._backend_encodings(texts, "encode_batch_fast"))
+
+    def _starts_from_table(self, batch: list[Any], offsets: bool = False) -> list[EncodedText]:
+        """Encodings with word starts read from the ids (``starts_word``, no word ids), and
+        character offsets when ``offsets``."""
         starts = self.starts_word
         assert starts is not None  # only chosen for tokenizers that have the table
-        batch = self._backend_encodings(texts, "encode_batch_fast")
         return [
-            EncodedText(ids, tuple([starts[i] for i in ids]), None)
-            for ids in (tuple(encoding.ids) for encoding in batch)
+            EncodedText(
+                ids, tuple([starts[i] for i in ids]), tuple(encoding.offsets) if offsets else None
+            )
+            for encoding in batch
+            for ids in [tuple(encoding.ids)]
         ]
 
     def _backend_encodings(self, texts: list[str], method: str) -> list[Any]:
