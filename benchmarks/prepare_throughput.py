@@ -163,15 +163,17 @@ def encoder_rate(corpus: Path, tokenizer: Path, offsets: bool) -> float:
     split into sentences (untimed); CPU seconds of the ``encode`` calls, one per document."""
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     sys.path.insert(0, str(ROOT))
+    from ernie_cpt.config import DataConfig
     from ernie_cpt.data.segmentation import segment_text
     from ernie_cpt.data.tokenization import load_tokenizer
     from pretrain_tasks.encoding import TextEncoder
 
     encoder = TextEncoder(load_tokenizer(str(tokenizer)))
+    longest = DataConfig().max_sentence_chars  # the default, as the configs written here
     seconds = 0.0
     with corpus.open(encoding="utf-8") as handle:
         for line in handle:
-            paragraphs = segment_text(json.loads(line)["text"], 2000).paragraphs
+            paragraphs = segment_text(json.loads(line)["text"], longest).paragraphs
             sentences = [sentence for _, group in paragraphs for sentence in group]
             started = time.process_time()
             encoder.encode(sentences, offsets)
