@@ -123,15 +123,36 @@ def test_trained_vocabulary_ids_are_canonical():
     assert [t for t, _ in sorted(first.items(), key=lambda kv: kv[1])][:5] == SPECIAL_TOKENS
 
 
-def test_rare_full_collections_restores_the_collector() -> None:
+def test_rare_collections_restores_the_collector() -> None:
     import gc
 
-    from ernie_cpt.data.prepare import rare_full_collections
+    from ernie_cpt.data.prepare import rare_collections
 
     before = gc.get_threshold()
     frozen = gc.get_freeze_count()
-    with pytest.raises(RuntimeError), rare_full_collections(full_every=500):
-        assert gc.get_threshold() == (before[0], before[1], max(before[2], 500))
+    with pytest.raises(RuntimeError), rare_collections(young_every=5000, full_every=500):
+        assert gc.get_threshold() == (max(before[0], 5000), before[1], max(before[2], 500))
         assert gc.get_freeze_count() > frozen  # what was alive is out of the collector's walk
         raise RuntimeError("prepare failed")
     assert gc.get_threshold() == before and gc.get_freeze_count() == frozen
+
+
+def test_rare_collections_still_free_cyclic_garbage() -> None:
+    """Young collections are rarer, not gone: cyclic garbage is freed once ``young_every``
+    net new objects have been made, without anyone calling ``gc.collect``."""
+    import weakref
+
+    from ernie_cpt.data.prepare import rare_collections
+
+    class Node:
+        pass
+
+    with rare_collections(young_every=2000):
+        node = Node()
+        node.self = node  # a cycle: reference counting alone never frees it
+        ref = weakref.ref(node)
+        del node
+        kept = [[] for _ in range(100)]  # fewer new containers than the threshold
+        assert ref() is not None  # waiting for a young collection
+        kept += [[] for _ in range(5000)]  # past the threshold
+        assert ref() is None

@@ -77,6 +77,9 @@ COLUMN_TYPES = {
 SENTENCE_POOL_SIZE = 200_000
 ON_EMPTY_TASK = ("error", "skip")
 FULL_COLLECTION_EVERY = 1000  # middle-generation collections per full one (CPython: 10)
+# Net new container objects between two young collections (CPython: 700); also the most
+# cyclic garbage that can wait for one.
+YOUNG_COLLECTION_EVERY = 200_000
 # The tokenizer is trained on every stride-th training document, the stride chosen so that
 # about this many characters are read (corpora up to this size: all of them).
 TOKENIZER_SAMPLE_CHARS = 200_000_000
@@ -436,20 +439,27 @@ def parse_shard(text: str) -> tuple[int, int]:
 
 
 @contextlib.contextmanager
-def rare_full_collections(full_every: int = FULL_COLLECTION_EVERY) -> Iterator[None]:
+def rare_collections(
+    young_every: int = YOUNG_COLLECTION_EVERY, full_every: int = FULL_COLLECTION_EVERY
+) -> Iterator[None]:
     """Inside the block, the objects alive on entry (the imported torch, transformers and
-    datasets: ~300k of them) are frozen out of the cyclic collector (``gc.freeze``) and a
-    full collection waits for ``full_every`` middle-generation ones (CPython: 10).
+    datasets: ~300k of them) are frozen out of the cyclic collector (``gc.freeze``), a young
+    collection waits for ``young_every`` net new container objects (CPython: 700) and a
+    full one for ``full_every`` middle-generation ones (CPython: 10).
 
-    Preparation allocates tens of millions of short-lived lists and tuples; each full
-    collection walks every tracked object, and between them they took ~20% of the CPU time
-    of preparing all eight tasks (`benchmarks/prepare_throughput.py`), more as the task
-    memos filled. Young collections still run as usual, so a cycle of garbage made here is
-    freed as soon as it is young-collected; memory stays flat (measured by the benchmark).
+    Preparation allocates tens of millions of short-lived lists and tuples and keeps
+    ~10^5-10^6 of them alive in the task memos. Each full collection walks every tracked
+    object: between them they took ~20% of the CPU time of preparing all eight tasks
+    (`benchmarks/prepare_throughput.py`), more as the memos filled. Young collections at
+    CPython's rate (every 700 net allocations, ~20k of them per 24 MB) walked the memos'
+    newest entries again and again: another ~10% directly and more through the caches they
+    evicted. CPython counts allocations minus frees, so the young threshold bounds the
+    cyclic garbage that can accumulate (at most ``young_every`` objects before a
+    collection frees it); objects freed by reference counting (nearly all) never wait.
     """
     threshold, frozen_before = gc.get_threshold(), gc.get_freeze_count()
     gc.freeze()
-    gc.set_threshold(threshold[0], threshold[1], max(threshold[2], full_every))
+    gc.set_threshold(max(threshold[0], young_every), threshold[1], max(threshold[2], full_every))
     try:
         yield
     finally:
@@ -473,7 +483,7 @@ def prepare_data(
     """
     keep_arrow_pages_released()  # RSS stays flat however much Arrow the passes read
     try:
-        with rare_full_collections():
+        with rare_collections():
             return _prepare(config, cache_dir, progress, shard)
     finally:
         pause_arrow_page_release()  # training re-reads its pages: leave them resident
