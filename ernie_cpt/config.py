@@ -140,6 +140,9 @@ class TrainConfig:
     prefetch: int = bounded(2, low=0)
     # One forward per step for one sentence-level task plus every active token-level task.
     combine_token_tasks: bool = True
+    # Compute the encoder's top layer only at the rows the batch's losses read (masked
+    # tokens, [CLS]) when every task of the batch declares them; ernie_cpt.model.sparse_top.
+    sparse_top_layer: bool = True
     # Per-task gradient norms and cosines every N steps (0 = off); see ernie_cpt.training.gradient_telemetry.
     grad_telemetry_every: int = 0
     grad_telemetry_scope: str = "last_layer"

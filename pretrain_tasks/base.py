@@ -186,6 +186,17 @@ class UserRows:
 # ---------------------------------------------------------------- collation (train time)
 
 
+def labelled_positions(labels: Tensor) -> Tensor:
+    """Flat positions into (B*T) where the (B, T) ``labels`` are not IGNORE_INDEX (host)."""
+    return (labels.reshape(-1) != IGNORE_INDEX).nonzero().squeeze(1)
+
+
+def first_positions(batch: Mapping[str, Tensor]) -> Tensor:
+    """Flat positions of each sequence's first token ([CLS], the pooler's input)."""
+    size, length = batch["input_ids"].shape
+    return torch.arange(size) * length
+
+
 def pad_column(rows: Sequence[Sequence[int]], pad_value: int) -> Tensor:
     """Right-pad a list of int lists into a (B, T) long tensor."""
     tensors = [torch.as_tensor(r, dtype=torch.long) for r in rows]
@@ -297,6 +308,10 @@ class SentenceClassification:
         """Cross-entropy on the label."""
         return classification_loss(head(encoded.pooled_output), batch[self.label_column])
 
+    def read_positions(self, batch: Mapping[str, Tensor]) -> Tensor:
+        """The [CLS] rows: the pooled output is all the loss reads."""
+        return first_positions(batch)
+
     def metrics(self, stats: Mapping[str, float]) -> dict[str, float]:
         """Accuracy and mean loss."""
         return accuracy_metrics(stats)
@@ -406,6 +421,10 @@ class BinaryTokenClassification(AttachingCollate):
         """Cross-entropy over labelled tokens."""
         return binary_token_loss(head, encoded, batch[self.labels_key])
 
+    def read_positions(self, batch: Mapping[str, Tensor]) -> Tensor:
+        """The labelled tokens."""
+        return labelled_positions(batch[self.labels_key])
+
     def metrics(self, stats: Mapping[str, float]) -> dict[str, float]:
         """Accuracy, and precision/recall/F1 of label 1."""
         return binary_token_metrics(stats)
@@ -431,6 +450,11 @@ class PretrainTask(Protocol):
     ``attach``, see ``TokenLevelTask``), and ``masks_inputs``: True when collating or
     attaching replaces input tokens, in which case the task must follow the protocol of
     ``pretrain_tasks.masking`` (skip and record ``MASKED_POSITIONS``).
+
+    Optional: ``read_positions(batch) -> Tensor | None``, the flat positions into (B*T) of
+    the sequence output that ``loss`` reads for ``batch`` (None: it may read any). When
+    every task of a batch declares them, training computes the encoder's top layer at
+    those rows only (``ernie_cpt.model.sparse_top``); a task without it gets every row.
     """
 
     name: ClassVar[str]

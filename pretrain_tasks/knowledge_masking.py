@@ -69,6 +69,7 @@ from pretrain_tasks.base import (
     Encoded,
     SkipDocument,
     TaskLoss,
+    labelled_positions,
     pad_column,
 )
 from pretrain_tasks.document import Document
@@ -508,6 +509,10 @@ class KnowledgeMaskingTask(AttachingCollate):
     def loss(self, head: nn.Module, encoded: Encoded, batch: Mapping[str, Tensor]) -> TaskLoss:
         """Cross-entropy over masked positions."""
         return masked_lm_batch_loss(head, encoded, batch, LABELS)
+
+    def read_positions(self, batch: Mapping[str, Tensor]) -> Tensor:
+        """The masked tokens."""
+        return labelled_positions(batch[LABELS])
 
     def metrics(self, stats: Mapping[str, float]) -> dict[str, float]:
         """Masked-token accuracy and perplexity."""

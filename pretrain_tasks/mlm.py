@@ -19,7 +19,14 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from pretrain_tasks.base import AttachingCollate, CorpusView, Encoded, SkipDocument, TaskLoss
+from pretrain_tasks.base import (
+    AttachingCollate,
+    CorpusView,
+    Encoded,
+    SkipDocument,
+    TaskLoss,
+    labelled_positions,
+)
 from pretrain_tasks.document import Document
 from pretrain_tasks.masking import (
     MaskedLMHead,
@@ -101,6 +108,10 @@ class MLMTask(AttachingCollate):
     def loss(self, head: nn.Module, encoded: Encoded, batch: Mapping[str, Tensor]) -> TaskLoss:
         """Loss over masked positions."""
         return masked_lm_batch_loss(head, encoded, batch, "mlm_labels")
+
+    def read_positions(self, batch: Mapping[str, Tensor]) -> Tensor:
+        """The masked tokens."""
+        return labelled_positions(batch["mlm_labels"])
 
     def metrics(self, stats: Mapping[str, float]) -> dict[str, float]:
         """Masked-token accuracy and perplexity."""

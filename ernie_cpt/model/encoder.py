@@ -23,6 +23,7 @@ from ernie_cpt.errors import InputError
 from ernie_cpt.model.init_from import config_from_checkpoint, load_init_checkpoint
 from ernie_cpt.model.sharing import build_sharing, gate_statistics
 from ernie_cpt.model.sharing.base import SharedEncoding
+from ernie_cpt.model.sparse_top import sparse_top_layer
 from pretrain_tasks.base import Encoded
 
 log = logging.getLogger(__name__)
@@ -88,11 +89,19 @@ class MultiTaskModel(nn.Module):
         task_type_ids: Tensor,
         tasks: Sequence[str] = (),
         padded: bool | None = None,
+        top: Mapping[str, Tensor] | None = None,
     ) -> SharedEncoding:
         """Encode a batch: (B, T) ids -> sequence (B, T, H) and pooled (B, H) outputs, and
         with an architecture each of ``tasks``' own outputs (``SharedEncoding.for_task``).
-        ``padded``: whether ``attention_mask`` has a 0, when the caller knows (None: unknown)."""
+        ``padded``: whether ``attention_mask`` has a 0, when the caller knows (None: unknown).
+        ``top``: ``sparse_top.top_row_columns`` of the rows the losses read; the top layer
+        is then computed at those rows only (other rows of the sequence output are not the
+        top layer's: only for callers that read nothing else). Ignored where unsupported."""
         attention = self.layer_mask(attention_mask, padded)
+        if top is not None and self.sparse_top_supported(padded):
+            return self.forward_sparse_top(
+                input_ids, attention_mask, token_type_ids, task_type_ids, attention, top, padded
+            )
         out = self.encoder(
             input_ids=input_ids,
             attention_mask=attention,
@@ -117,6 +126,50 @@ class MultiTaskModel(nn.Module):
         }
         self.last_token_mask = attention_mask.detach()
         return SharedEncoding(shared, out.pooler_output, routes, extra)
+
+    def sparse_top_supported(self, padded: bool | None) -> bool:
+        """Whether ``forward`` can compute the top layer at given rows only: the hard-shared
+        encoder with sdpa attention, padding known from the host, not wrapped by
+        ``torch.compile`` (the sparse path calls the encoder's parts, bypassing a wrapper)."""
+        config = self.encoder.config
+        return (
+            self.sharing is None
+            and not hasattr(self.encoder, "_orig_mod")
+            and padded is not None
+            and config._attn_implementation == "sdpa"
+            and not config.is_decoder
+            and len(self.encoder.encoder.layer) > 0
+        )
+
+    def forward_sparse_top(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        token_type_ids: Tensor,
+        task_type_ids: Tensor,
+        attention: Tensor | None,
+        top: Mapping[str, Tensor],
+        padded: bool | None,
+    ) -> SharedEncoding:
+        """``forward`` with the top layer at ``top``'s rows (ErnieModel's forward, unrolled:
+        embeddings, the lower layers on ``attention``, the top layer sparse, the pooler)."""
+        encoder = self.encoder
+        hidden = encoder.embeddings(
+            input_ids=input_ids, token_type_ids=token_type_ids, task_type_ids=task_type_ids
+        )
+        *lower, last = encoder.encoder.layer
+        for layer in lower:
+            hidden = layer(hidden, attention)
+        sequence = sparse_top_layer(
+            last,
+            hidden,
+            attention_mask if padded else None,
+            top["top_positions"],
+            top["top_select"],
+            top["top_rows"],
+        )
+        pooled = encoder.pooler(sequence) if encoder.pooler is not None else None
+        return SharedEncoding(sequence, pooled, {}, None)
 
     def layer_mask(self, attention_mask: Tensor, padded: bool | None) -> Tensor | None:
         """The mask handed to the encoder's layers, built without reading the device.

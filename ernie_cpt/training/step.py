@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ernie_cpt.model.sparse_top import top_row_columns
 from ernie_cpt.training.engine import device, skip_update
 from ernie_cpt.training.faults import ENV as FAULT_ENV
 from ernie_cpt.training.input_pipeline import Cursor, InputPipeline, Prepared, pin, to_device
@@ -88,8 +89,20 @@ def build_micro_batch(
         if tasks[t].attach(batch, examples, generator)
     ]
     batch["task_type_ids"] = torch.full_like(batch["input_ids"], run.state.task_ids[task])
+    if run.config.train.sparse_top_layer:
+        batch.update(read_rows(batch, [tasks[name] for name in names]))
     tokens = int(batch["attention_mask"].sum())  # host tensor: no device sync
     return Prepared(pin(batch), names, tokens, after)
+
+
+def read_rows(batch: Mapping[str, torch.Tensor], tasks: list[Any]) -> dict[str, torch.Tensor]:
+    """``sparse_top`` columns of the rows the batch's tasks read ({} when a task does not
+    say, or when they read too much of the batch for the sparse top layer to pay)."""
+    positions = [getattr(task, "read_positions", lambda batch: None)(batch) for task in tasks]
+    if any(p is None for p in positions):
+        return {}
+    size, length = batch["input_ids"].shape
+    return top_row_columns(torch.cat(positions), size, length) or {}
 
 
 def micro_batch(

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from ernie_cpt.model import MultiTaskModel
+from ernie_cpt.model.sparse_top import TOP_KEYS
 from pretrain_tasks.base import PretrainTask, TaskLoss
 
 
@@ -58,6 +59,7 @@ class TrainModule(nn.Module):
             batch["task_type_ids"],
             task_names,
             padded=padded,
+            top=top_columns(batch),
         )
         losses = {
             name: self.tasks[name].loss(self.model.heads[name], encoded.for_task(name), batch)
@@ -73,6 +75,13 @@ class TrainModule(nn.Module):
         if encoded.extra_loss is not None:  # a sharing architecture's penalty (+ zero touch)
             total = total + encoded.extra_loss
         return total, losses, weights
+
+
+def top_columns(batch: Mapping[str, Tensor]) -> dict[str, Tensor] | None:
+    """The batch's ``sparse_top`` row columns (from ``build_micro_batch``), if it has them."""
+    if TOP_KEYS[0] not in batch:
+        return None
+    return {key: batch[key] for key in TOP_KEYS}
 
 
 def reduce_stats(losses: Mapping[str, TaskLoss]) -> dict[str, dict[str, float]]:
