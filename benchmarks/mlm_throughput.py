@@ -118,12 +118,17 @@ def index_stream(run: Run) -> Iterator[int]:
         yield from (int(i) for i in stream.order(epoch))
 
 
-def hf_stepper(run: Run, masked_only: bool = False, workers: int = 0) -> Callable[[], int]:
+def hf_stepper(
+    run: Run, masked_only: bool = False, workers: int = 0, sparse_top: bool = False
+) -> Callable[[], int]:
     """A plain transformers MLM training step over the same examples; returns token count.
 
     ``masked_only``: the loss decodes the masked positions only (``model.bert`` then
     ``model.cls`` on the selected rows), as ernie-cpt does: the like-for-like loop.
-    ``workers``: DataLoader worker processes (0: collation in the training thread).
+    ``sparse_top`` (with ``masked_only``): BERT's top layer is also computed at the masked
+    rows only, with ernie-cpt's ``sparse_top_layer`` (the same arithmetic as ernie-cpt's
+    default step). ``workers``: DataLoader worker processes (0: collation in the training
+    thread).
     """
     cfg, tokenizer = run.config, run.data.tokenizer
     m, t = cfg.model, cfg.train
@@ -185,7 +190,10 @@ def hf_stepper(run: Run, masked_only: bool = False, workers: int = 0) -> Callabl
 
     def step() -> int:
         batch = next(batches)
-        loss = masked_loss(model, batch) if masked_only else model(**batch).loss
+        if sparse_top:
+            loss = sparse_top_loss(model, batch)
+        else:
+            loss = masked_loss(model, batch) if masked_only else model(**batch).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), t.gradient_clipping)
         optimizer.step()
@@ -207,6 +215,37 @@ def masked_loss(model: BertForMaskedLM, batch: dict[str, torch.Tensor]) -> torch
     positions = labels != -100  # (B, T)
     logits = model.cls(hidden[positions])  # (N, V)
     return torch.nn.functional.cross_entropy(logits, labels[positions])
+
+
+def sparse_top_loss(model: BertForMaskedLM, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """``masked_loss`` with the top layer computed at the masked rows only (BertModel's
+    forward unrolled: embeddings, transformers' own 4-D mask, lower layers, sparse top)."""
+    from transformers.masking_utils import create_bidirectional_mask
+
+    from ernie_cpt.model.sparse_top import sparse_top_layer, top_row_columns
+
+    labels, attention_mask = batch["labels"], batch["attention_mask"]
+    bert = model.bert
+    hidden = bert.embeddings(
+        input_ids=batch["input_ids"], token_type_ids=batch.get("token_type_ids")
+    )
+    mask = create_bidirectional_mask(
+        config=bert.config, inputs_embeds=hidden, attention_mask=attention_mask
+    )
+    *lower, last = bert.encoder.layer
+    for layer in lower:
+        hidden = layer(hidden, mask)
+    rows = (labels.reshape(-1) != -100).nonzero().squeeze(1)
+    top = top_row_columns(rows, *labels.shape)
+    if top is None:  # too many rows to pay: the whole top layer
+        hidden = last(hidden, mask)
+    else:
+        padded = None if mask is None else attention_mask
+        hidden = sparse_top_layer(
+            last, hidden, padded, top["top_positions"], top["top_select"], top["top_rows"]
+        )
+    states = hidden.reshape(-1, hidden.shape[-1]).index_select(0, rows)
+    return torch.nn.functional.cross_entropy(model.cls(states), labels.reshape(-1)[rows])
 
 
 def timed(step: Callable[[], int], steps: int) -> tuple[int, float, float]:

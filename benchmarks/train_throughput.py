@@ -3,8 +3,11 @@
 1. MLM step: ernie-cpt's ``train_step`` (MLM only) against two Hugging Face loops over the
    same examples in the same batches (same index order): the *fair* one, whose
    ``BertForMaskedLM`` decodes the masked positions only (as ernie-cpt does), and the plain
-   one (``model(**batch).loss``: vocabulary logits at every position). Rounds alternate,
-   the side that starts rotates; throughput is real (non-pad) tokens per process-CPU second.
+   one (``model(**batch).loss``: vocabulary logits at every position); and, where the
+   checkout has it, ``hf-sparse-top``: hf-fair with BERT's top layer also computed at the
+   masked rows only (ernie-cpt's ``sparse_top_layer``, its default), the same arithmetic
+   as ernie-cpt's step. Rounds alternate, the side that starts rotates; throughput is real
+   (non-pad) tokens per process-CPU second.
 2. Mixture: the eight-task stage (the config's last stage) with every task in turn, each
    sentence task carrying its attached token tasks, against MLM-only steps of the same run:
    CPU seconds per real token, ratio mixture / MLM-only.
@@ -24,6 +27,7 @@ older checkout (``PYTHONPATH=<checkout> python benchmarks/train_throughput.py``)
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import inspect
 import statistics
 import sys
@@ -283,14 +287,20 @@ def hf_section(args: argparse.Namespace, tmp: Path) -> None:
         "hf-fair": hf.hf_stepper(run, masked_only=True, workers=args.hf_workers),
         "hf-full": hf.hf_stepper(run, masked_only=False, workers=args.hf_workers),
     }
+    if importlib.util.find_spec("ernie_cpt.model.sparse_top") is not None:  # newer checkouts
+        sides["hf-sparse-top"] = hf.hf_stepper(
+            run, masked_only=True, workers=args.hf_workers, sparse_top=True
+        )
     rounds = alternate(sides, args)
     rates = {n: rate(r) for n, r in rounds.items()}
     same = len({tuple(t for t, _, _ in r) for r in rounds.values()}) == 1
     print(f"\n== MLM step, real tokens per CPU second (same tokens every round: {same})")
     for name, values in rates.items():
-        print(f"{name:<10} {spread(values, '.0f')}")
+        print(f"{name:<14} {spread(values, '.0f')}")
     print(f"ernie-cpt / hf-fair = {ratio(rates['ernie-cpt'], rates['hf-fair'])} (target >= 1.10)")
     print(f"ernie-cpt / hf-full = {ratio(rates['ernie-cpt'], rates['hf-full'])}")
+    if "hf-sparse-top" in rates:
+        print(f"ernie-cpt / hf-sparse-top = {ratio(rates['ernie-cpt'], rates['hf-sparse-top'])}")
 
 
 def main() -> None:
