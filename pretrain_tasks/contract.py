@@ -19,6 +19,9 @@ Rules checked (see ``base.PretrainTask``):
   example's tokens; the same generator seed gives the same batch;
 - loss: finite, scalar statistics, a positive sample count somewhere, gradients reaching
   the word embeddings; the head accepts the idle-head probe (pooled output, (1, H));
+- read positions (when the task has ``read_positions``): flat positions inside the batch,
+  and the loss does not change when every other row of the sequence output (and so the
+  pooled output, unless [CLS] rows are declared) is replaced by noise;
 - metrics: finite floats; ``accuracy`` equals summed ``correct`` / ``count`` when a task
   reports them; ``label_counts`` maps label names to ints >= 0;
 - attach (token level): False leaves the batch untouched; True keeps its shape, adds only
@@ -211,6 +214,37 @@ def _check_batch(task: Any, batch: Mapping[str, Tensor], rows: Sequence[Mapping]
     _require(torch.equal(batch["attention_mask"].sum(1), lengths), task.name, "attention_mask")
 
 
+def check_read_positions(
+    task: Any, head: Any, encoder: Any, encoded: Encoded, batch: Mapping[str, Tensor]
+) -> None:
+    """The loss reads the sequence output only at ``task.read_positions(batch)`` (if any)."""
+    rows = getattr(task, "read_positions", lambda batch: None)(batch)
+    if rows is None:
+        return
+    sequence = encoded.sequence_output.detach()
+    flat = sequence.reshape(-1, sequence.shape[-1])
+    _require(
+        rows.dim() == 1 and bool(((rows >= 0) & (rows < len(flat))).all()),
+        task.name,
+        "read_positions: flat positions into (B*T)",
+    )
+    keep = torch.zeros(len(flat), 1, dtype=torch.bool)
+    keep[rows] = True
+    noise = torch.randn(flat.shape, generator=torch.Generator().manual_seed(0)) * 3
+    noised = torch.where(keep, flat, noise).view_as(sequence)
+    was_training = head.training
+    head.eval()  # no dropout: the two losses must be comparable
+    with torch.no_grad():
+        plain = task.loss(head, Encoded(sequence, encoder.pooler(sequence)), batch)
+        other = task.loss(head, Encoded(noised, encoder.pooler(noised)), batch)
+    head.train(was_training)
+    _require(
+        torch.allclose(plain.loss_sum, other.loss_sum, rtol=1e-5, atol=1e-6),
+        task.name,
+        "the loss reads only the rows read_positions declares",
+    )
+
+
 def run_batches(
     task: Any, examples: Sequence[Mapping[str, Any]], batch_size: int, seed: int, tokenizer: Any
 ) -> tuple[dict[str, float], int]:
@@ -236,6 +270,7 @@ def run_batches(
         for key, value in loss.stats.items():
             _require(torch.as_tensor(value).dim() == 0, task.name, f"stat {key!r} is a scalar")
             summed[key] = summed.get(key, 0.0) + float(torch.as_tensor(value).detach())
+        check_read_positions(task, head, encoder, encoded, batch)
         probe = head(encoded.pooled_output[:1].detach())  # the idle-head probe, (1, H)
         _require(torch.is_tensor(probe) and probe.shape[0] == 1, task.name, "idle-head probe")
         batches += 1

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import pretrain_tasks
-from pretrain_tasks.base import IGNORE_INDEX
+from pretrain_tasks.base import IGNORE_INDEX, first_positions
 from pretrain_tasks.contract import ContractError, check_task
 from pretrain_tasks.masking import MASKED_POSITIONS
 from pretrain_tasks.mlm import MLMTask
@@ -122,10 +122,18 @@ class WrongConstructor(TokenDocumentRelationTask):
         super().__init__(TokenDocumentRelationTask.Settings(), tokenizer, 64)
 
 
+class MisreadPositions(MLMTask):
+    """Declares the [CLS] rows while its loss reads the masked tokens."""
+
+    def read_positions(self, batch):
+        return first_positions(batch)
+
+
 @pytest.mark.parametrize(
     ("cls", "rule"),
     [
         (UnrecordedMasking, "record masks"),
+        (MisreadPositions, "the loss reads only the rows read_positions declares"),
         (SilentMasking, "masks_inputs = False: input_ids unchanged"),
         (ExtraColumn, "example columns"),
         (WrongConstructor, "the constructor must be"),
