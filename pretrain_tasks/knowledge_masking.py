@@ -50,7 +50,9 @@ word-aware tasks; the masking functions and masked-LM head (``masking``) with ``
 
 from __future__ import annotations
 
+import itertools
 import math
+import operator
 import random
 import re
 from collections import Counter
@@ -86,6 +88,7 @@ from pretrain_tasks.packing import pack_sentences_with_offsets
 from pretrain_tasks.spans import (
     STOP_WORDS,
     Span,
+    lowered_word_runs,
     select_non_overlapping,
     units_from_spans,
     word_runs,
@@ -141,19 +144,28 @@ def mine_collocations(
     cross punctuation, start and end with an alphabetic non-stop word, and have no stop
     word inside but the connectors of ``PHRASE_CONNECTORS`` ("bank of england").
     """
-    runs = [[w.lower() for w, _, _ in run] for s in sentences for run in word_runs(s)]
-    unigrams = Counter(w for run in runs for w in run)
+    # Every run's words, each run followed by "" (no word): an n-gram holding "" would
+    # cross a run boundary, so the C-level zip/compress below leave those out.
+    flat: list[str] = []
+    for sentence in sentences:
+        for run in lowered_word_runs(sentence):
+            flat += run
+            flat.append("")
+    unigrams = Counter(flat)
+    del unigrams[""]
     total = sum(unigrams.values())
     # Only n-grams whose end words may end a phrase are counted (the others are never kept).
     edge = {w: w.isalpha() and w not in stop_words for w in unigrams}
+    edge[""] = False
+    edges = list(map(edge.__getitem__, flat))
+    real = list(map(bool, flat))
     found = []
     for n in range(2, max_words + 1):
-        grams = Counter(
-            tuple(run[i : i + n])
-            for run in runs
-            for i in range(len(run) - n + 1)
-            if edge[run[i]] and edge[run[i + n - 1]]
-        )
+        keep: Iterable[bool] = map(operator.and_, edges, edges[n - 1 :])
+        for inner in range(1, n - 1):
+            keep = map(operator.and_, keep, real[inner:])
+        shifted = zip(*(flat[k:] for k in range(n)), strict=False)  # the shortest ends it
+        grams = Counter(itertools.compress(shifted, keep))
         for gram, count in grams.items():
             if count < min_count or not _phrase_shaped(gram, stop_words):
                 continue
@@ -177,8 +189,7 @@ def find_phrase_spans(
     (``index``: their ``phrase_index``, when the caller has it)."""
     lengths, firsts = index if index is not None else phrase_index(phrases)
     spans = []
-    for run in word_runs(text):
-        lowered = [w.lower() for w, _, _ in run]
+    for run, lowered in zip(word_runs(text), lowered_word_runs(text), strict=True):
         if firsts.isdisjoint(lowered):
             continue
         for n in lengths:

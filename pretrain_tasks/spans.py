@@ -8,6 +8,7 @@ per-token unit ids of a packed segment (0 = special token, k > 0 = unit).
 
 from __future__ import annotations
 
+import bisect
 import functools
 import re
 from collections.abc import Iterable, Sequence
@@ -60,6 +61,12 @@ def word_runs(text: str) -> tuple[tuple[Word, ...], ...]:
     return tuple(tuple(run) for run in runs)
 
 
+@functools.lru_cache(maxsize=MEMO_SENTENCES)
+def lowered_word_runs(text: str) -> tuple[tuple[str, ...], ...]:
+    """``word_runs`` as lower-cased words only (phrase mining and matching read these)."""
+    return tuple(tuple([word.lower() for word, _, _ in run]) for run in word_runs(text))
+
+
 def select_non_overlapping(spans: Iterable[Span]) -> list[Span]:
     """Keep the longest spans first, then the leftmost, dropping any that overlap; sorted."""
     kept: list[Span] = []
@@ -78,16 +85,11 @@ def units_from_spans(
     itself; special tokens get 0. Unit ids are numbered 1.. in reading order. Each
     sentence's spans are sorted and non-overlapping (as ``select_non_overlapping`` gives):
     a word then touches the first span its character range overlaps, the same one its
-    first overlapping token touches, so one test per word does (``segment.words()``, which
-    the other word-aware tasks ask for too) rather than one per token.
+    first overlapping token touches, so words are matched (``segment.words()``, which the
+    other word-aware tasks ask for too) rather than tokens.
     """
     word_of = segment.word_numbers()
-    span_of_word: dict[int, tuple[int, int]] = {}
-    for number, (_, sentence, start, end) in enumerate(segment.words(), start=1):
-        for k, (a, b) in enumerate(spans_per_sentence[sentence]):
-            if start < b and a < end:
-                span_of_word[number] = (sentence, k)
-                break
+    span_of_word = words_in_spans(segment.words(), spans_per_sentence)
     if not span_of_word:  # every word a unit of its own: units are the word numbers
         return list(word_of), 0
     # one unit id per word number (in reading order), then per token: 0 stays 0 (special)
@@ -97,3 +99,33 @@ def units_from_spans(
         for word in range(1, max(word_of) + 1)
     ]
     return [unit_of_word[word] for word in word_of], len(set(span_of_word.values()))
+
+
+def words_in_spans(
+    words: Sequence[tuple[int, int, int, int]], spans_per_sentence: Sequence[Sequence[Span]]
+) -> dict[int, tuple[int, int]]:
+    """1-based word number -> (sentence, k) of the first span ``k`` of its sentence that its
+    characters overlap, for the words (``PackedSegment.words()``) some span touches.
+
+    Per span, not per word: a sentence's words are in reading order with increasing ends,
+    so the words a span [a, b) overlaps are one range found by bisection (the first word
+    ending after ``a`` up to the last starting before ``b``); spans far fewer than words.
+    """
+    if not words:
+        return {}
+    sentences = [sentence for _, sentence, _, _ in words]
+    starts = [start for _, _, start, _ in words]
+    ends = [end for _, _, _, end in words]
+    found: dict[int, tuple[int, int]] = {}
+    for sentence in range(sentences[0], sentences[-1] + 1):
+        spans = spans_per_sentence[sentence]
+        if not spans:
+            continue
+        low = bisect.bisect_left(sentences, sentence)
+        high = bisect.bisect_right(sentences, sentence, low)
+        for k, (a, b) in enumerate(spans):
+            first = bisect.bisect_right(ends, a, low, high)
+            last = bisect.bisect_left(starts, b, first, high)
+            for index in range(first, last):
+                found.setdefault(index + 1, (sentence, k))
+    return found

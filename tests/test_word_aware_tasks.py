@@ -128,6 +128,15 @@ def test_pmi_miner_finds_repeated_collocations_only():
     assert mine_collocations([]) == []
 
 
+def test_pmi_miner_never_joins_words_across_punctuation_or_sentences():
+    """N-grams stay inside one run of words: across a comma or a sentence end (even with
+    phrase-shaped words on both sides) nothing is counted."""
+    sentences = ["Copper wire, glass fibre.", "Copper wire", "glass fibre"] * 3
+    found = mine_collocations(sentences)
+    assert found == [("copper", "wire"), ("glass", "fibre")]
+    assert mine_collocations(["Copper wire glass fibre."] * 3) != []  # one run: joined
+
+
 def test_phrase_spans_and_overlaps():
     text = "The Analytical Engine, engine analytical, analytical engine."
     spans = find_phrase_spans(text, {("analytical", "engine")})
