@@ -3,6 +3,8 @@ gives the dense forward's losses and gradients (dropout off), and falls back whe
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 from test_model import TINY
@@ -10,7 +12,7 @@ from test_model import TINY
 from ernie_cpt.config import ModelConfig, SharingConfig
 from ernie_cpt.model import build_model
 from ernie_cpt.model.sparse_top import TOP_KEYS, top_row_columns
-from ernie_cpt.training.step import read_rows
+from ernie_cpt.training.step import read_rows, sparse_top
 from ernie_cpt.training.train_module import TrainModule
 from pretrain_tasks import build_task
 
@@ -41,6 +43,20 @@ def setup_module_and_batch(tokenizer, sharing: SharingConfig | None = None):
     tasks["mlm"].attach(batch, examples, generator)
     batch["task_type_ids"] = torch.zeros_like(batch["input_ids"])
     return TrainModule(model, tasks), tasks, batch
+
+
+def run_of(module: TrainModule, wanted: bool) -> SimpleNamespace:
+    """What ``step.sparse_top`` reads of a run."""
+    train = SimpleNamespace(sparse_top_layer=wanted)
+    return SimpleNamespace(
+        config=SimpleNamespace(train=train), engine=SimpleNamespace(module=module)
+    )
+
+
+def test_the_run_builds_row_columns_when_asked_and_supported(tokenizer):
+    module, _, _ = setup_module_and_batch(tokenizer)
+    assert sparse_top(run_of(module, wanted=True))
+    assert not sparse_top(run_of(module, wanted=False))
 
 
 def losses_and_grads(module: TrainModule, batch: dict, names: list[str]):
@@ -102,6 +118,7 @@ def test_architectures_other_than_hard_take_the_dense_path(tokenizer):
     module, tasks, batch = setup_module_and_batch(tokenizer, SharingConfig(kind="mmoe"))
     top = read_rows(batch, [tasks["mlm"]])
     assert not module.model.sparse_top_supported(True)
+    assert not sparse_top(run_of(module, wanted=True))  # no row columns are built
     args = (batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
     args = (*args, batch["task_type_ids"])
     dense = module.model(*args, ["mlm"], padded=True).for_task("mlm").sequence_output

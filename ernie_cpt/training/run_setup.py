@@ -27,6 +27,7 @@ from ernie_cpt.training import resume
 from ernie_cpt.training.build import build_module, build_schedule_for, build_streams
 from ernie_cpt.training.engine import build_engine, init_distributed
 from ernie_cpt.training.run_dir import choose_checkpoint
+from ernie_cpt.training.step import sparse_top
 from ernie_cpt.training.train_module import describe
 from ernie_cpt.validate import require_config
 from pretrain_tasks.base import stable_seed
@@ -180,8 +181,9 @@ def write_run_files(run: Run) -> None:
     data.tokenizer.save_pretrained(str(run_dir / "tokenizer"))
     model.encoder.config.to_json_file(str(run_dir / "encoder_config.json"))
     log.info(
-        "model: %s; schedule %s: %d steps",
+        "model: %s; top layer: %s; schedule %s: %d steps",
         describe(model),
+        "at the rows the losses read" if sparse_top(run) else "every row",
         run.schedule.name,
         run.schedule.total_steps,
     )

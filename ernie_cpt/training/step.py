@@ -89,10 +89,16 @@ def build_micro_batch(
         if tasks[t].attach(batch, examples, generator)
     ]
     batch["task_type_ids"] = torch.full_like(batch["input_ids"], run.state.task_ids[task])
-    if run.config.train.sparse_top_layer:
+    if sparse_top(run):
         batch.update(read_rows(batch, [tasks[name] for name in names]))
     tokens = int(batch["attention_mask"].sum())  # host tensor: no device sync
     return Prepared(pin(batch), names, tokens, after)
+
+
+def sparse_top(run: Run) -> bool:
+    """Whether the run computes the top layer at the read rows only: asked for
+    (``train.sparse_top_layer``) and supported by its model (hard sharing, sdpa)."""
+    return run.config.train.sparse_top_layer and run.engine.module.model.sparse_top_supported(True)
 
 
 def read_rows(batch: Mapping[str, torch.Tensor], tasks: list[Any]) -> dict[str, torch.Tensor]:
