@@ -1,20 +1,23 @@
 """GPU throughput: tokens/s and MFU of ernie-cpt's training step, BERT-base @ seq 128, bf16.
 
 One prepared call on one GPU (H100/H200: under 5 minutes, most of it data preparation on
-the built-in sample and compilation). Four measurements, each after untimed warm-up:
+the built-in sample and compilation). Six measurements, each after untimed warm-up:
 MLM-only and the eight-task mixture (each task in turn, sentence tasks carrying their
-token tasks' labels), eager and with ``torch.compile`` of the encoder (dynamic shapes:
-length bucketing gives batches of many lengths).
+token tasks' labels), eager with the dense top layer, eager with the sparse one (the
+training default, ``ernie_cpt.model.sparse_top``), and with ``torch.compile`` of the
+encoder (dynamic shapes: length bucketing gives batches of many lengths; a compiled
+encoder takes the dense top layer).
 
 MFU = achieved model FLOP/s / the GPU's peak dense bf16 FLOP/s (989 TFLOP/s for H100/H200
 SXM; ``--peak-tflops`` otherwise). Model FLOPs per step, counted on the real (non-pad)
 tokens: 6 x (encoder + pooler parameters outside the embeddings) per token, + the attention
 matmuls 12 x layers x hidden x length per token, + 6 x hidden x vocab per masked position
 for each vocabulary decoder (masked positions only are decoded). Padding is not counted.
-The runs set ``train.sparse_top_layer=false``: these FLOPs are the dense top layer's, as
-the MFU anchors (NVIDIA's and DeepSpeed's BERT) count them; the sparse top layer (the
-training default) skips ~5% of them at BERT-base, which this formula would count as done
-(``--set train.sparse_top_layer=true`` measures its tokens/s; read its MFU as ~5% high).
+With the sparse top layer, the top layer's rows it did not compute are not counted either
+(per real token it skipped: 6 x the top layer's parameters other than keys and values,
++ 12 x hidden x length of its attention), so its MFU is of the work done, not of a dense
+model's: compare its tokens/s with the dense rows', its MFU with the anchors (NVIDIA's and
+DeepSpeed's BERT count the dense model).
 
     python benchmarks/gpu_throughput.py                 # BERT-base shape, bf16, GPU
     python benchmarks/gpu_throughput.py --smoke         # tiny shape on CPU, a few steps (CI)
@@ -23,6 +26,7 @@ training default) skips ~5% of them at BERT-base, which this formula would count
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import tempfile
@@ -37,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_throughput import stepper  # noqa: E402
 
 from ernie_cpt.config import load_config  # noqa: E402
+from ernie_cpt.training import step as step_module  # noqa: E402
 from ernie_cpt.training.run_setup import Run, RunOptions, setup  # noqa: E402
 
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
@@ -86,7 +91,6 @@ def overrides(args: argparse.Namespace) -> list[str]:
         f"train.micro_batch_size={args.batch}",
         "train.eval_batches=0",
         "train.zero_stage=0",
-        "train.sparse_top_layer=false",  # the FLOPs counted are the dense top layer's
         f"train.precision={'fp32' if args.smoke else 'bf16'}",
         "logging.progress_bar=false",
         "logging.wandb_mode=disabled",
@@ -95,8 +99,9 @@ def overrides(args: argparse.Namespace) -> list[str]:
     return base + (smoke if args.smoke else BERT_BASE) + args.set
 
 
-def flops_per_step(run: Run, tokens: int, masked: int, length: int) -> float:
-    """Model FLOPs of one training step (see the module docstring)."""
+def flops_per_step(run: Run, tokens: int, masked: int, length: int, skipped: int = 0) -> float:
+    """Model FLOPs of one training step (see the module docstring); ``skipped``: real
+    tokens whose top-layer row the sparse top layer did not compute."""
     model = run.engine.module.model
     m = run.config.model
     encoder = model.encoder
@@ -104,7 +109,41 @@ def flops_per_step(run: Run, tokens: int, masked: int, length: int) -> float:
     dense = sum(p.numel() for p in encoder.parameters()) - embedding
     vocab = encoder.embeddings.word_embeddings.weight.shape[0]
     attention = 12 * m.num_hidden_layers * m.hidden_size * length
-    return 6 * dense * tokens + attention * tokens + 6 * m.hidden_size * vocab * masked
+    top = encoder.encoder.layer[-1]
+    key_value = [*top.attention.self.key.parameters(), *top.attention.self.value.parameters()]
+    per_row = (
+        6 * (sum(p.numel() for p in top.parameters()) - sum(p.numel() for p in key_value))
+        + 12 * m.hidden_size * length
+    )
+    full = 6 * dense * tokens + attention * tokens + 6 * m.hidden_size * vocab * masked
+    return full - per_row * skipped
+
+
+def with_sparse_top(run: Run, on: bool) -> None:
+    """Switch the run's ``train.sparse_top_layer`` (new micro-batches follow it)."""
+    train = dataclasses.replace(run.config.train, sparse_top_layer=on)
+    run.config = dataclasses.replace(run.config, train=train)
+
+
+class SkippedRows:
+    """Real tokens whose top-layer row was not computed, over the micro-batches built."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.saved = step_module.read_rows
+
+        def counted(batch: Any, tasks: list[Any]) -> dict[str, torch.Tensor]:
+            columns = self.saved(batch, tasks)
+            if columns:
+                self.count += int(batch["attention_mask"].sum()) - len(columns["top_rows"])
+            return columns
+
+        step_module.read_rows = counted
+
+    def stop(self) -> int:
+        """Restore ``read_rows``; the count (prefetched batches included)."""
+        step_module.read_rows = self.saved
+        return self.count
 
 
 def measure(run: Run, tasks: list[str], args: argparse.Namespace) -> dict[str, float]:
@@ -113,7 +152,7 @@ def measure(run: Run, tasks: list[str], args: argparse.Namespace) -> dict[str, f
     step = stepper(run, lambda i: tasks[i % len(tasks)])
     for _ in range(args.warmup):
         step()
-    masked = MaskedCounter(run)
+    masked, skipped = MaskedCounter(run), SkippedRows()
     if cuda:
         torch.cuda.synchronize()
     start, tokens = time.perf_counter(), 0
@@ -122,9 +161,9 @@ def measure(run: Run, tasks: list[str], args: argparse.Namespace) -> dict[str, f
     if cuda:
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
-    counted = masked.stop()
+    counted, skipped_rows = masked.stop(), skipped.stop()
     length = run.config.data.max_seq_length
-    flops = flops_per_step(run, tokens, counted, length)
+    flops = flops_per_step(run, tokens, counted, length, skipped_rows)
     return {"tokens_per_s": tokens / seconds, "flops_per_s": flops / seconds}
 
 
@@ -189,19 +228,23 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="gpu-bench-") as tmp:
         run = setup(config, Path(tmp), RunOptions(resume="never", progress=False))
         rows = []
-        for compiled in (False, True) if not args.no_compile else (False,):
+        variants = [(False, "dense"), (False, "sparse")]
+        variants += [] if args.no_compile else [(True, "dense")]
+        for compiled, layer in variants:
             if compiled:
                 encoder = run.engine.module.model.encoder
                 run.engine.module.model.encoder = torch.compile(encoder, dynamic=True)
+            with_sparse_top(run, layer == "sparse")
             mixture = list(run.schedule.stages[-1].tasks)  # the eight (minus empty ones)
             for name, tasks in (("mlm-only", ["mlm"]), ("mixture", mixture)):
                 result = measure(run, tasks, args)
-                rows.append((name, compiled, result))
-    print(f"\n{'variant':<10} {'compile':>7} {'tokens/s':>12} {'TFLOP/s':>9} {'MFU':>6}")
-    for name, compiled, r in rows:
+                rows.append((name, compiled, layer, result))
+    header = f"{'variant':<10} {'compile':>7} {'top':>6} {'tokens/s':>12} {'TFLOP/s':>9} {'MFU':>6}"
+    print("\n" + header)
+    for name, compiled, layer, r in rows:
         mfu = f"{r['flops_per_s'] / top:.1%}" if top else "n/a"
         print(
-            f"{name:<10} {str(compiled):>7} {r['tokens_per_s']:12.0f} "
+            f"{name:<10} {str(compiled):>7} {layer:>6} {r['tokens_per_s']:12.0f} "
             f"{r['flops_per_s'] / 1e12:9.2f} {mfu:>6}"
         )
 

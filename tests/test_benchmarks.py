@@ -33,6 +33,11 @@ def test_gpu_throughput_smoke_runs_on_cpu(tiny_config):
     assert result.returncode == 0, result.stderr[-4000:]
     lines = result.stdout.splitlines()
     table = lines[lines.index(next(x for x in lines if x.startswith("variant"))) + 1 :]
-    assert [row.split()[:2] for row in table] == [["mlm-only", "False"], ["mixture", "False"]]
-    assert all(float(row.split()[2]) > 0 for row in table)  # tokens/s measured
-    assert all(row.split()[4] == "n/a" for row in table)  # no peak FLOP/s known on CPU
+    assert [row.split()[:3] for row in table] == [
+        ["mlm-only", "False", "dense"],
+        ["mixture", "False", "dense"],
+        ["mlm-only", "False", "sparse"],
+        ["mixture", "False", "sparse"],
+    ]
+    assert all(float(row.split()[3]) > 0 for row in table)  # tokens/s measured
+    assert all(row.split()[5] == "n/a" for row in table)  # no peak FLOP/s known on CPU
