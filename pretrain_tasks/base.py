@@ -187,7 +187,8 @@ class UserRows:
 
 
 def labelled_positions(labels: Tensor) -> Tensor:
-    """Flat positions into (B*T) where the (B, T) ``labels`` are not IGNORE_INDEX (host)."""
+    """Flat positions into (B*T) where the (B, T) ``labels`` are not IGNORE_INDEX (from a
+    host tensor, no device read; from a device tensor, ``nonzero`` synchronises)."""
     return (labels.reshape(-1) != IGNORE_INDEX).nonzero().squeeze(1)
 
 

@@ -17,7 +17,13 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from pretrain_tasks.base import IGNORE_INDEX, Encoded, TaskLoss, count_correct
+from pretrain_tasks.base import (
+    IGNORE_INDEX,
+    Encoded,
+    TaskLoss,
+    count_correct,
+    labelled_positions,
+)
 
 # Batch column: True where a masking task already replaced/labelled the token, (B, T) bool.
 MASKED_POSITIONS = "masked_positions"
@@ -138,7 +144,7 @@ def add_gather_index(batch: dict[str, Tensor], key: str) -> None:
     the host: a synchronisation per loss).
     """
     flat = batch[key].reshape(-1)  # (B*T,)
-    index = (flat != IGNORE_INDEX).nonzero().squeeze(1)  # host tensor: no device sync
+    index = labelled_positions(batch[key])  # host tensor: no device sync
     size = -(-max(len(index), 1) // GATHER_MULTIPLE) * GATHER_MULTIPLE
     padded = torch.zeros(size, dtype=torch.long)
     padded[: len(index)] = index
@@ -150,7 +156,7 @@ def add_gather_index(batch: dict[str, Tensor], key: str) -> None:
 def masked_lm_loss(head: nn.Module, encoded: Encoded, labels: Tensor) -> TaskLoss:
     """Cross-entropy over masked positions only (the decoder never sees other tokens)."""
     flat = labels.reshape(-1)
-    index = (flat != IGNORE_INDEX).nonzero().squeeze(1)  # boolean selection: syncs on a GPU
+    index = labelled_positions(labels)  # boolean selection: syncs on a GPU
     return masked_lm_gathered_loss(head, encoded, index, flat[index])
 
 
