@@ -192,6 +192,13 @@ def labelled_positions(labels: Tensor) -> Tensor:
     return (labels.reshape(-1) != IGNORE_INDEX).nonzero().squeeze(1)
 
 
+def declared_positions(task: Any, batch: Mapping[str, Tensor]) -> Tensor | None:
+    """``task.read_positions(batch)``, or None for a task that does not declare them (the
+    optional part of ``PretrainTask``)."""
+    read = getattr(task, "read_positions", None)
+    return None if read is None else read(batch)
+
+
 def first_positions(batch: Mapping[str, Tensor]) -> Tensor:
     """Flat positions of each sequence's first token ([CLS], the pooler's input)."""
     size, length = batch["input_ids"].shape

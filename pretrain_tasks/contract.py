@@ -42,7 +42,14 @@ import torch
 from torch import Tensor
 
 from pretrain_tasks import check_task_class
-from pretrain_tasks.base import ColumnKind, Encoded, SkipDocument, collate_inputs, stable_seed
+from pretrain_tasks.base import (
+    ColumnKind,
+    Encoded,
+    SkipDocument,
+    collate_inputs,
+    declared_positions,
+    stable_seed,
+)
 from pretrain_tasks.document import Document
 from pretrain_tasks.masking import MASKED_POSITIONS
 from pretrain_tasks.packing import encode_pair
@@ -218,7 +225,7 @@ def check_read_positions(
     task: Any, head: Any, encoder: Any, encoded: Encoded, batch: Mapping[str, Tensor]
 ) -> None:
     """The loss reads the sequence output only at ``task.read_positions(batch)`` (if any)."""
-    rows = getattr(task, "read_positions", lambda batch: None)(batch)
+    rows = declared_positions(task, batch)
     if rows is None:
         return
     sequence = encoded.sequence_output.detach()

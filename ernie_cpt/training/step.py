@@ -33,7 +33,7 @@ from ernie_cpt.training.engine import device, skip_update
 from ernie_cpt.training.faults import ENV as FAULT_ENV
 from ernie_cpt.training.input_pipeline import Cursor, InputPipeline, Prepared, pin, to_device
 from ernie_cpt.training.weighting import kpi_key, loss_key
-from pretrain_tasks.base import TaskLoss, stable_seed
+from pretrain_tasks.base import TaskLoss, declared_positions, stable_seed
 from schedules import Stage
 
 if TYPE_CHECKING:
@@ -104,7 +104,7 @@ def sparse_top(run: Run) -> bool:
 def read_rows(batch: Mapping[str, torch.Tensor], tasks: list[Any]) -> dict[str, torch.Tensor]:
     """``sparse_top`` columns of the rows the batch's tasks read ({} when a task does not
     say, or when they read too much of the batch for the sparse top layer to pay)."""
-    positions = [getattr(task, "read_positions", lambda batch: None)(batch) for task in tasks]
+    positions = [declared_positions(task, batch) for task in tasks]
     if any(p is None for p in positions):
         return {}
     size, length = batch["input_ids"].shape
