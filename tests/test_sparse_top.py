@@ -117,7 +117,7 @@ def test_top_row_columns_place_each_row_once():
 def test_architectures_other_than_hard_take_the_dense_path(tokenizer):
     module, tasks, batch = setup_module_and_batch(tokenizer, SharingConfig(kind="mmoe"))
     top = read_rows(batch, [tasks["mlm"]])
-    assert not module.model.sparse_top_supported(True)
+    assert not module.model.sparse_top_supported()
     assert not sparse_top(run_of(module, wanted=True))  # no row columns are built
     args = (batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
     args = (*args, batch["task_type_ids"])

@@ -98,7 +98,7 @@ class MultiTaskModel(nn.Module):
         is then computed at those rows only (other rows of the sequence output are not the
         top layer's: only for callers that read nothing else). Ignored where unsupported."""
         attention = self.layer_mask(attention_mask, padded)
-        if top is not None and self.sparse_top_supported(padded):
+        if top is not None and padded is not None and self.sparse_top_supported():
             return self.forward_sparse_top(
                 input_ids, attention_mask, token_type_ids, task_type_ids, attention, top, padded
             )
@@ -127,15 +127,15 @@ class MultiTaskModel(nn.Module):
         self.last_token_mask = attention_mask.detach()
         return SharedEncoding(shared, out.pooler_output, routes, extra)
 
-    def sparse_top_supported(self, padded: bool | None) -> bool:
-        """Whether ``forward`` can compute the top layer at given rows only: the hard-shared
-        encoder with sdpa attention, padding known from the host, not wrapped by
-        ``torch.compile`` (the sparse path calls the encoder's parts, bypassing a wrapper)."""
+    def sparse_top_supported(self) -> bool:
+        """Whether ``forward`` can compute the top layer at given rows only (for a batch
+        whose padding the caller knows): the hard-shared encoder with sdpa attention, not
+        wrapped by ``torch.compile`` (the sparse path calls the encoder's parts, bypassing
+        a wrapper)."""
         config = self.encoder.config
         return (
             self.sharing is None
             and not hasattr(self.encoder, "_orig_mod")
-            and padded is not None
             and config._attn_implementation == "sdpa"
             and not config.is_decoder
             and len(self.encoder.encoder.layer) > 0

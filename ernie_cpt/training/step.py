@@ -98,7 +98,7 @@ def build_micro_batch(
 def sparse_top(run: Run) -> bool:
     """Whether the run computes the top layer at the read rows only: asked for
     (``train.sparse_top_layer``) and supported by its model (hard sharing, sdpa)."""
-    return run.config.train.sparse_top_layer and run.engine.module.model.sparse_top_supported(True)
+    return run.config.train.sparse_top_layer and run.engine.module.model.sparse_top_supported()
 
 
 def read_rows(batch: Mapping[str, torch.Tensor], tasks: list[Any]) -> dict[str, torch.Tensor]:
