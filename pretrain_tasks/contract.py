@@ -240,7 +240,7 @@ def check_read_positions(
     noise = torch.randn(flat.shape, generator=torch.Generator().manual_seed(0)) * 3
     noised = torch.where(keep, flat, noise).view_as(sequence)
     was_training = head.training
-    head.eval()  # no dropout: the two losses must be comparable
+    head.train(False)  # no dropout: the two losses must be comparable
     with torch.no_grad():
         plain = task.loss(head, Encoded(sequence, encoder.pooler(sequence)), batch)
         other = task.loss(head, Encoded(noised, encoder.pooler(noised)), batch)
