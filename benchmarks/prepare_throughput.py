@@ -7,7 +7,11 @@ time and peak RSS from ``os.wait4``. MB are megabytes (10^6 bytes) of the corpus
 "per core" divides by the child's user + system CPU seconds, so other load on a shared
 machine disturbs it less than wall time. Prints a table, then the ratios against the
 targets of issue 10, and the rate of the megabytes between the two sizes (what a corpus
-adds per MB once the fixed start-up costs are paid). Never run as a timed test.
+adds per MB once the fixed start-up costs are paid). Last, the floor of each task set on the
+larger corpus: the CPU seconds per MB that reading + sentence splitting, tokenizing and
+converting the prepared examples to Arrow take by themselves, the ceiling on MB/s per core
+they leave before any task logic runs, and the share of the run that is the tasks' own
+work. Never run as a timed test.
 
     python benchmarks/prepare_throughput.py                     # 1x and 4x the sample
     python benchmarks/prepare_throughput.py --copies 16,64 --tasks all
@@ -181,6 +185,74 @@ def encoder_rate(corpus: Path, tokenizer: Path, offsets: bool) -> float:
     return corpus.stat().st_size / 1e6 / seconds
 
 
+def reading_rate(corpus: Path) -> float:
+    """MB/s per core of reading the corpus and splitting it into sentences (``json.loads``
+    + ``segment_text`` with the default splitter and sentence length, per line), the part
+    of every preparation that comes before tokenizing."""
+    sys.path.insert(0, str(ROOT))
+    from ernie_cpt.config import DataConfig
+    from ernie_cpt.data.segmentation import segment_text
+
+    longest = DataConfig().max_sentence_chars
+    started = time.process_time()
+    with corpus.open(encoding="utf-8") as handle:
+        for line in handle:
+            segment_text(json.loads(line)["text"], longest)
+    return corpus.stat().st_size / 1e6 / (time.process_time() - started)
+
+
+def output_rate(cache: Path, corpus_mb: float) -> float:
+    """MB of corpus per CPU second of turning a prepare run's output (every task's saved
+    examples under ``cache``) from Python lists into Arrow again, as ``datasets.map`` does
+    with what the tasks return: each split read back (untimed) in batches of 1,000 rows and
+    written through ``datasets``' ``ArrowWriter`` with the same features (timed). A lower
+    bound of the real writing: the pass writes every task's columns at once and then
+    copies each task's rows out."""
+    import datasets
+    from datasets.arrow_writer import ArrowWriter
+
+    seconds = 0.0
+    with tempfile.TemporaryDirectory() as tmp:
+        for info in sorted(cache.glob("prepared/*/*/*/dataset_info.json")):
+            examples = datasets.load_from_disk(str(info.parent))
+            with ArrowWriter(features=examples.features, path=f"{tmp}/out.arrow") as writer:
+                for batch in examples.iter(batch_size=1000):
+                    started = time.process_time()
+                    writer.write_batch(batch)
+                    seconds += time.process_time() - started
+                started = time.process_time()
+                writer.finalize()
+                seconds += time.process_time() - started
+    return corpus_mb / seconds
+
+
+def print_floor(
+    corpus: Path,
+    corpus_mb: float,
+    caches: dict[str, Path],
+    encoder: dict[bool, float],
+    rates: dict[str, float],
+) -> None:
+    """Per task set: the CPU seconds per MB that reading + splitting, the TextEncoder (ids
+    only for MLM, with offsets once a word-aware task is in) and writing the examples take
+    by themselves, and the rate they leave as a ceiling before any task logic runs, beside
+    the run's own ``rates`` (MB/s per core)."""
+    reading = 1 / reading_rate(corpus)
+    for name, cache in caches.items():
+        encoding = 1 / encoder[name != "mlm"]
+        writing = 1 / output_rate(cache, corpus_mb)
+        floor = reading + encoding + writing
+        actual = 1 / rates[name]
+        rest = max(actual - floor, 0.0)
+        print(
+            f"{name}: CPU-s per MB: reading + splitting {reading:.3f}, tokenizing "
+            f"{encoding:.3f}, writing the examples {writing:.3f}: {floor:.3f} together, a "
+            f"ceiling of {1 / floor:.3f} MB/s per core before any task logic (target "
+            f"{TARGET_MB_PER_CORE[name]}); the run took {actual:.3f}, the rest ({rest:.3f}, "
+            f"{rest / actual:.0%}) is the tasks' own work (and set-up, at one size)"
+        )
+
+
 def train_tokenizer(work: Path, corpus: Path, extra: list[str]) -> Path:
     """An 8,000-token WordPiece trained (untimed) by an MLM-only prepare of ``corpus``."""
     config = work / "tokenizer.yaml"
@@ -252,8 +324,27 @@ def main(argv: list[str] | None = None) -> int:
                     f"{name}: {rate / ceiling:.2f}x the tokenizer-alone rate with offsets, "
                     f"{rate / fast:.2f}x without"
                 )
+            caches = {name: work / f"cache-{name}-{copies[-1]}" for name in task_sets}
+            rates = {
+                name: marginal_rate(results, copies, name)
+                or results[(name, copies[-1])]["mb_per_core_s"]
+                for name in task_sets
+            }
+            encoders = {True: mine, False: mine_fast}
+            print_floor(corpus, size_mb, caches, encoders, rates)
     print_ratios(results, copies, task_sets)
     return 0
+
+
+def marginal_rate(
+    results: dict[tuple[str, int], dict[str, float]], copies: list[int], name: str
+) -> float | None:
+    """MB/s per core of the MB between the smallest and the largest size (fixed costs:
+    interpreter, imports, set-up cancel out); None with one size, or when the larger run
+    took no more CPU (too small to tell)."""
+    small, large = results[(name, copies[0])], results[(name, copies[-1])]
+    extra_cpu = large["cpu_s"] - small["cpu_s"]
+    return (large["mb"] - small["mb"]) / extra_cpu if extra_cpu > 0 else None
 
 
 def print_ratios(
@@ -266,9 +357,7 @@ def print_ratios(
         print(f"{name}: {rate:.3f} MB/s per core at the larger size (target >= {target})")
         if len(copies) >= 2:
             small, large = results[(name, copies[0])], results[(name, copies[-1])]
-            extra_cpu = large["cpu_s"] - small["cpu_s"]
-            if extra_cpu > 0:  # fixed costs (interpreter, imports, set-up) cancel out
-                marginal = (large["mb"] - small["mb"]) / extra_cpu
+            if (marginal := marginal_rate(results, copies, name)) is not None:
                 print(f"{name}: {marginal:.3f} MB/s per core for the MB between the two sizes")
             ratio = large["peak_rss_mb"] / small["peak_rss_mb"]
             scale = large["mb"] / small["mb"]
