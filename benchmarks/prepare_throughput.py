@@ -8,10 +8,11 @@ time and peak RSS from ``os.wait4``. MB are megabytes (10^6 bytes) of the corpus
 machine disturbs it less than wall time. Prints a table, then the ratios against the
 targets of issue 10, and the rate of the megabytes between the two sizes (what a corpus
 adds per MB once the fixed start-up costs are paid). Last, the floor of each task set on the
-larger corpus: the CPU seconds per MB that reading + sentence splitting, tokenizing and
+larger corpus: each task's CPU seconds per MB inside ``build_examples`` (from the data
+report), the CPU seconds per MB that reading + sentence splitting, tokenizing and
 converting the prepared examples to Arrow take by themselves, the ceiling on MB/s per core
-they leave before any task logic runs, and the share of the run that is the tasks' own
-work. Never run as a timed test.
+they leave before any task logic runs, and the share of the run that is the rest. Never
+run as a timed test.
 
     python benchmarks/prepare_throughput.py                     # 1x and 4x the sample
     python benchmarks/prepare_throughput.py --copies 16,64 --tasks all
@@ -226,6 +227,23 @@ def output_rate(cache: Path, corpus_mb: float) -> float:
     return corpus_mb / seconds
 
 
+def print_task_times(name: str, cache: Path, corpus_mb: float) -> None:
+    """Each task's ``build_examples`` CPU seconds per MB of corpus, from the run's data
+    report (a task's time includes tokenizing the sentences it is first to ask for)."""
+    (report,) = cache.glob("prepared/*/data_report.json")
+    tasks = json.loads(report.read_text())["tasks"]
+    seconds = {
+        task: entry.get("train_cpu_seconds", 0.0) + entry.get("heldout_cpu_seconds", 0.0)
+        for task, entry in tasks.items()
+    }
+    total = sum(seconds.values()) or 1.0
+    parts = ", ".join(
+        f"{task} {value / corpus_mb:.3f} ({value / total:.0%})"
+        for task, value in sorted(seconds.items(), key=lambda item: -item[1])
+    )
+    print(f"{name}: CPU-s per MB inside each task's build_examples: {parts}")
+
+
 def print_floor(
     corpus: Path,
     corpus_mb: float,
@@ -241,6 +259,7 @@ def print_floor(
     for name, cache in caches.items():
         encoding = 1 / encoder[name != "mlm"]
         writing = 1 / output_rate(cache, corpus_mb)
+        print_task_times(name, cache, corpus_mb)
         floor = reading + encoding + writing
         actual = 1 / rates[name]
         rest = max(actual - floor, 0.0)
@@ -249,7 +268,8 @@ def print_floor(
             f"{encoding:.3f}, writing the examples {writing:.3f}: {floor:.3f} together, a "
             f"ceiling of {1 / floor:.3f} MB/s per core before any task logic (target "
             f"{TARGET_MB_PER_CORE[name]}); the run took {actual:.3f}, the rest ({rest:.3f}, "
-            f"{rest / actual:.0%}) is the tasks' own work (and set-up, at one size)"
+            f"{rest / actual:.0%}) is the tasks' own work, the per-task saves and statistics "
+            f"(and set-up, at one size)"
         )
 
 

@@ -55,6 +55,9 @@ def test_prepared_examples_do_not_depend_on_the_number_of_workers(tmp_path, toke
     assert (
         report["documents"]["documents"] == 9 and report["documents"]["one_sentence_documents"] == 1
     )
+    for prepared in (one, two):  # each task's build time, counted in the workers too
+        for name, entry in prepared.report["tasks"].items():
+            assert entry["train_cpu_seconds"] > 0 and entry["heldout_cpu_seconds"] > 0, name
     skipped = report["tasks"]["sentence_distance"]
     total_skips = sum(skipped["train_skipped_documents"].values()) + sum(
         skipped["heldout_skipped_documents"].values()

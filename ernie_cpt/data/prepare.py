@@ -7,8 +7,9 @@ sentences are tokenized once for all of them (``pretrain_tasks.encoding``), and 
 rows are then saved task by task. Each (document, task) gets its own RNG seeded from
 (seed, task, document id), so output depends neither on the number of workers nor on which
 other tasks are configured. Documents a
-task cannot use are counted by reason in ``data_report.json``; a task left with no training
-example is an error (or dropped with ``data.on_empty_task: skip``).
+task cannot use are counted by reason in ``data_report.json``, beside the CPU seconds each
+task's ``build_examples`` took; a task left with no training example is an error (or
+dropped with ``data.on_empty_task: skip``).
 
 Memory stays flat in the corpus size: documents and examples live in memory-mapped Arrow
 files (``load_from_disk``); statistics come from Arrow compute or batch by batch; the
@@ -58,6 +59,10 @@ log = logging.getLogger(__name__)
 
 SKIP_COLUMN = "__skip"
 TASK_COLUMN = "__task"
+# CPU seconds of one (document, task) ``build_examples`` call, on the first of its rows
+# (0.0 on the others): summed per task into the data report, dropped with the pass file.
+SECONDS_COLUMN = "__cpu_seconds"
+PASS_COLUMNS = (TASK_COLUMN, SKIP_COLUMN, SECONDS_COLUMN)  # the pass's own, in no task's data
 # How often mapped Arrow pages are released while a mapped dataset is copied to disk (at
 # memory speed: ~20 MB stay resident at 1 GB/s; a release costs ~1 ms).
 SAVE_RELEASE_S = 0.02
@@ -186,10 +191,14 @@ def prepared_features(tasks: Mapping[str, PretrainTask]) -> datasets.Features:
     own: dict[str, Any] = {}
     for task in tasks.values():
         for name, kind in task.example_columns().items():
-            if name in own or name in SHARED_FEATURES or name in (TASK_COLUMN, SKIP_COLUMN):
+            if name in own or name in SHARED_FEATURES or name in PASS_COLUMNS:
                 raise DataError(f"task {task.name!r}: column {name!r} is also another task's")
             own[name] = COLUMN_TYPES[kind]
-    extra = {TASK_COLUMN: datasets.Value("string"), SKIP_COLUMN: datasets.Value("string")}
+    extra = {
+        TASK_COLUMN: datasets.Value("string"),
+        SKIP_COLUMN: datasets.Value("string"),
+        SECONDS_COLUMN: datasets.Value("float64"),
+    }
     return datasets.Features({**SHARED_FEATURES, **own, **extra})
 
 
@@ -202,19 +211,22 @@ def build_batch(
 ) -> dict[str, list[Any]]:
     """``datasets.map`` function: documents in, every task's examples out (plus one row per
     task and skipped document). All tasks see a document one after another, so its sentences
-    are tokenized once (``pretrain_tasks.encoding``'s memo), not once per task."""
+    are tokenized once (``pretrain_tasks.encoding``'s memo), not once per task; a task's
+    CPU time (``SECONDS_COLUMN``) includes tokenizing the sentences it is first to ask for."""
     keep_arrow_pages_released()  # in this (possibly forked worker) process too
-    out: dict[str, list[Any]] = {name: [] for name in [*columns, TASK_COLUMN, SKIP_COLUMN]}
+    out: dict[str, list[Any]] = {name: [] for name in [*columns, *PASS_COLUMNS]}
     owned = {name: set(task_columns(task)) for name, task in tasks.items()}
     for i in range(len(batch["id"])):
         document = Document.from_record({key: batch[key][i] for key in batch})
         for name, task in tasks.items():
             rng = random.Random(stable_seed(seed, task.name, document.id))
+            started = time.process_time()
             try:
                 examples = task.build_examples(document, corpus, rng)
                 reason = "" if examples else "no_examples"
             except SkipDocument as skip:
                 examples, reason = [], skip.reason
+            out[SECONDS_COLUMN].append(time.process_time() - started)
             rows = len(examples) + bool(reason)
             for column in columns:  # column by column: C-level extends, not cell appends
                 if column in owned[name]:
@@ -224,6 +236,7 @@ def build_batch(
                     out[column] += [None] * rows
             out[TASK_COLUMN] += [name] * rows
             out[SKIP_COLUMN] += [""] * len(examples) + ([reason] if reason else [])
+            out[SECONDS_COLUMN] += [0.0] * (rows - 1)
     return out
 
 
@@ -239,7 +252,7 @@ def build_split(
     """Every task's examples (and skip rows) from one split of documents, in one pass
     (written to ``cache_file``, default: datasets' cache beside the documents)."""
     features = prepared_features(tasks)
-    columns = [name for name in features if name not in (TASK_COLUMN, SKIP_COLUMN)]
+    columns = [name for name in features if name not in PASS_COLUMNS]
     if cache_file is not None:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
     mapped = documents.map(
@@ -678,7 +691,15 @@ def _save_tasks(
         entry[f"{split}_examples"] = len(examples)
         entry[f"{split}_skipped_documents"] = skips
         entry.update(split_label_entry(task, split, examples))
+        entry[f"{split}_cpu_seconds"] = task_cpu_seconds(mapped, name)
     shutil.rmtree(tmp / PASS_FOLDER)
+
+
+def task_cpu_seconds(mapped: datasets.Dataset, name: str) -> float:
+    """CPU seconds that task ``name``'s ``build_examples`` took over a pass (all workers)."""
+    rows = pc.equal(mapped.data.column(TASK_COLUMN), name)
+    total = pc.sum(pc.filter(mapped.data.column(SECONDS_COLUMN), rows)).as_py()
+    return round(total or 0.0, 6)
 
 
 def _build_all(
@@ -723,10 +744,11 @@ def _build_all(
     for name, entry in entries.items():
         report["tasks"][name] = entry
         log.info(
-            "prepared %s: %d train / %d held-out examples",
+            "prepared %s: %d train / %d held-out examples (%.1f CPU-s)",
             name,
             entry["train_examples"],
             entry["heldout_examples"],
+            entry["train_cpu_seconds"] + entry["heldout_cpu_seconds"],
         )
     (tmp / "data_report.json").write_text(json.dumps(report, indent=2))
     root.parent.mkdir(parents=True, exist_ok=True)
