@@ -326,34 +326,46 @@ def main(argv: list[str] | None = None) -> int:
                     flush=True,
                 )
         if tokenizer is not None:
-            ceiling = tokenizer_rate(corpus, tokenizer)
-            fast = tokenizer_rate(corpus, tokenizer, "encode_batch_fast")
-            print(
-                f"tokenizers library alone on the x{copies[-1]} corpus (whole documents): "
-                f"{ceiling:.3f} MB/s per core with offsets, {fast:.3f} without (ids only)"
-            )
-            mine, mine_fast = (encoder_rate(corpus, tokenizer, o) for o in (True, False))
-            print(
-                f"ernie-cpt's TextEncoder on its sentences: {mine:.3f} MB/s per core with "
-                f"offsets, {mine_fast:.3f} without ({mine / ceiling:.2f}x and "
-                f"{mine_fast / fast:.2f}x the library alone)"
-            )
-            for name in task_sets:
-                rate = results[(name, copies[-1])]["mb_per_core_s"]
-                print(
-                    f"{name}: {rate / ceiling:.2f}x the tokenizer-alone rate with offsets, "
-                    f"{rate / fast:.2f}x without"
-                )
-            caches = {name: work / f"cache-{name}-{copies[-1]}" for name in task_sets}
-            rates = {
-                name: marginal_rate(results, copies, name)
-                or results[(name, copies[-1])]["mb_per_core_s"]
-                for name in task_sets
-            }
-            encoders = {True: mine, False: mine_fast}
-            print_floor(corpus, size_mb, caches, encoders, rates)
+            print_tokenizer_rates(work, corpus, size_mb, tokenizer, results, copies, task_sets)
     print_ratios(results, copies, task_sets)
     return 0
+
+
+def print_tokenizer_rates(
+    work: Path,
+    corpus: Path,
+    size_mb: float,
+    tokenizer: Path,
+    results: dict[tuple[str, int], dict[str, float]],
+    copies: list[int],
+    task_sets: list[str],
+) -> None:
+    """On the larger corpus: the tokenizers library alone, ernie-cpt's TextEncoder, each
+    task set's rate as a fraction of the library's, then each task set's floor."""
+    ceiling = tokenizer_rate(corpus, tokenizer)
+    fast = tokenizer_rate(corpus, tokenizer, "encode_batch_fast")
+    print(
+        f"tokenizers library alone on the x{copies[-1]} corpus (whole documents): "
+        f"{ceiling:.3f} MB/s per core with offsets, {fast:.3f} without (ids only)"
+    )
+    mine, mine_fast = (encoder_rate(corpus, tokenizer, o) for o in (True, False))
+    print(
+        f"ernie-cpt's TextEncoder on its sentences: {mine:.3f} MB/s per core with "
+        f"offsets, {mine_fast:.3f} without ({mine / ceiling:.2f}x and "
+        f"{mine_fast / fast:.2f}x the library alone)"
+    )
+    for name in task_sets:
+        rate = results[(name, copies[-1])]["mb_per_core_s"]
+        print(
+            f"{name}: {rate / ceiling:.2f}x the tokenizer-alone rate with offsets, "
+            f"{rate / fast:.2f}x without"
+        )
+    caches = {name: work / f"cache-{name}-{copies[-1]}" for name in task_sets}
+    rates = {
+        name: marginal_rate(results, copies, name) or results[(name, copies[-1])]["mb_per_core_s"]
+        for name in task_sets
+    }
+    print_floor(corpus, size_mb, caches, {True: mine, False: mine_fast}, rates)
 
 
 def marginal_rate(
