@@ -65,12 +65,12 @@ def _has_text(text: str | None) -> bool:
 def title_and_heading_queries(document: Document) -> list[tuple[str, str]]:
     """(query, lead sentence): the title with the document's first sentence, then each
     distinct section heading with the first sentence of its section."""
-    sentences = [s for s in document.sentences() if _has_text(s)]
-    if not sentences:
+    first = next((s for s in document.sentences() if _has_text(s)), None)
+    if first is None:
         return []
     queries, seen = [], set()
     if _has_text(document.title):
-        queries.append((document.title.strip(), sentences[0]))
+        queries.append((document.title.strip(), first))
         seen.add(document.title.strip().lower())
     for paragraph in document.paragraphs:
         heading = paragraph.heading
