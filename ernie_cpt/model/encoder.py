@@ -149,7 +149,7 @@ class MultiTaskModel(nn.Module):
         task_type_ids: Tensor,
         attention: Tensor | None,
         top: Mapping[str, Tensor],
-        padded: bool | None,
+        padded: bool,
     ) -> SharedEncoding:
         """``forward`` with the top layer at ``top``'s rows (ErnieModel's forward, unrolled:
         embeddings, the lower layers on ``attention``, the top layer sparse, the pooler)."""
