@@ -241,10 +241,12 @@ def check_read_positions(
     noised = torch.where(keep, flat, noise).view_as(sequence)
     was_training = head.training
     head.train(False)  # no dropout: the two losses must be comparable
-    with torch.no_grad():
-        plain = task.loss(head, Encoded(sequence, encoder.pooler(sequence)), batch)
-        other = task.loss(head, Encoded(noised, encoder.pooler(noised)), batch)
-    head.train(was_training)
+    try:
+        with torch.no_grad():
+            plain = task.loss(head, Encoded(sequence, encoder.pooler(sequence)), batch)
+            other = task.loss(head, Encoded(noised, encoder.pooler(noised)), batch)
+    finally:  # a loss that raises must not leave the caller's head switched
+        head.train(was_training)
     _require(
         torch.allclose(plain.loss_sum, other.loss_sum, rtol=1e-5, atol=1e-6),
         task.name,
